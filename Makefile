@@ -1,0 +1,43 @@
+# Every target sets itself up: a fresh machine needs only python3 and make.
+#   make test    build in place and run the test suite
+#   make bench   build in place and run the benchmark with its correctness check
+#   make build-cpu   fast CPU-only rebuild for the edit-test loop
+#   make gpu-check   on a machine with an NVIDIA GPU (no downloads; see bench/gpu_check.sh)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# An unpinned torch downloads several GB; 2.14.1 (CUDA 13.0 build) is what this
+# project is developed and tested with. The package itself needs torch >= 2.4.
+TORCH_SPEC ?= torch==2.14.1
+MAX_JOBS ?= 2
+export MAX_JOBS
+
+.PHONY: setup build build-cpu test bench gpu-check cmake-check clean
+
+$(VENV)/.installed: Makefile pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" setuptools wheel ninja pybind11 pytest hypothesis numpy expecttest
+	touch $@
+
+setup: $(VENV)/.installed
+
+build: setup
+	$(PY) setup.py build_ext --inplace
+
+build-cpu: setup
+	ATROUS_CPU_ONLY=1 $(PY) setup.py build_ext --inplace
+
+test: build
+	$(PY) -m pytest -q tests
+
+bench: build
+	$(PY) -m atrous_cuda bench
+
+gpu-check:
+	bash bench/gpu_check.sh
+
+cmake-check: setup
+	PYTHON=$(PY) bash bench/cmake_check.sh
+
+clean:
+	rm -rf build atrous_cuda/_C*.so

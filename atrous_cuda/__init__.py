@@ -1,0 +1,24 @@
+"""atrous_cuda: hand-written CPU and CUDA kernels for dilated (atrous) convolution.
+
+    import atrous_cuda
+    y = atrous_cuda.atrous_conv2d(x, w, b, padding=12, dilation=12)   # == F.conv2d
+    conv = atrous_cuda.AtrousConv2d(256, 256, 3, padding=6, dilation=6)  # an nn.Conv2d
+    model = atrous_cuda.convert_model(model)   # swaps every dilated conv
+"""
+from . import _ops  # noqa: F401  (registers fake kernels and autograd)
+from ._C import build_info
+from .convert import convert_model, revert_model
+from .functional import atrous_conv1d, atrous_conv2d
+from .modules import AtrousConv1d, AtrousConv2d
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AtrousConv1d",
+    "AtrousConv2d",
+    "atrous_conv1d",
+    "atrous_conv2d",
+    "build_info",
+    "convert_model",
+    "revert_model",
+]

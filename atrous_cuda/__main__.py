@@ -1,0 +1,26 @@
+"""python -m atrous_cuda {bench,info}"""
+import json
+import sys
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m atrous_cuda {bench,info} [options]\n"
+              "  bench  correctness check + throughput table, ours vs torch, on every device present\n"
+              "  info   how the extension was built")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "bench":
+        from .bench import main as bench_main
+        return bench_main(rest)
+    if command == "info":
+        from . import build_info
+        print(json.dumps(build_info(), indent=2))
+        return 0
+    print(f"python -m atrous_cuda: unknown command '{command}'; expected 'bench' or 'info'", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The functional API: drop-in replacements for F.conv1d and F.conv2d.
+
+Beyond torch, `padding` also takes:
+  * 'same' with stride > 1, by TensorFlow's rule (the odd pixel goes after);
+  * 'same' with even kernels;
+  * explicit asymmetric padding, 2*ndim ints in F.pad order:
+    (left, right) for 1-D, (left, right, top, bottom) for 2-D;
+  * 'causal' for 1-D: all padding before, so output t never sees input after t.
+Every form becomes explicit per-side padding for the op, so no form copies
+the input.
+"""
+import numbers
+
+import torch
+
+from . import _ops
+
+__all__ = ["atrous_conv1d", "atrous_conv2d", "resolve_padding", "same_padding"]
+
+_PADDING_STRINGS = {1: ("valid", "same", "causal"), 2: ("valid", "same")}
+
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _int_tuple(fn, name, value, ndim, minimum):
+    """Normalizes an int or a sequence of ndim ints (a 1-element sequence is
+    broadcast, as torch does); raises TypeError/ValueError naming `name`."""
+    if _is_int(value):
+        values = (int(value),) * ndim
+    elif isinstance(value, (tuple, list, torch.Size)):
+        if not all(_is_int(v) for v in value):
+            raise TypeError(f"{fn}: expected {name} to be an int or a tuple of {ndim} ints, got {value!r}")
+        if len(value) == 1:
+            values = (int(value[0]),) * ndim
+        elif len(value) == ndim:
+            values = tuple(int(v) for v in value)
+        else:
+            raise ValueError(f"{fn}: expected {name} to be an int or a tuple of {ndim} ints, got {tuple(value)}")
+    else:
+        raise TypeError(f"{fn}: expected {name} to be an int or a tuple of {ndim} ints, got {type(value).__name__}")
+    if any(v < minimum for v in values):
+        raise ValueError(f"{fn}: expected every {name} >= {minimum}, got {values}")
+    return values
+
+
+def same_padding(size, kernel, stride, dilation):
+    """(before, after) for padding='same' on one axis, by TensorFlow's rule.
+
+    out = ceil(size / stride); total = max((out-1)*stride + dilation*(kernel-1) + 1 - size, 0);
+    the odd pixel goes after. For stride 1 this is torch's 'same'. Mirrors
+    same_padding in csrc/atrous_index.h (tests/test_index_math.py checks both agree).
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_padding(fn, padding, ndim, spatial, kernel, stride, dilation):
+    """Every padding form -> per-side padding in axis order
+    (top, bottom, left, right) for the 2-D op. `spatial`, `kernel`,
+    `stride`, `dilation` have ndim entries."""
+    if isinstance(padding, str):
+        if padding not in _PADDING_STRINGS[ndim]:
+            raise ValueError(
+                f"{fn}: expected padding to be one of {_PADDING_STRINGS[ndim]}, an int, a tuple of {ndim} "
+                f"ints or a tuple of {2 * ndim} ints in F.pad order, got '{padding}'"
+            )
+        if padding == "valid":
+            per_axis = [(0, 0)] * ndim
+        elif padding == "same":
+            per_axis = [same_padding(spatial[i], kernel[i], stride[i], dilation[i]) for i in range(ndim)]
+        else:  # causal, 1-D only
+            per_axis = [(dilation[0] * (kernel[0] - 1), 0)]
+    elif isinstance(padding, (tuple, list, torch.Size)) and len(padding) == 2 * ndim:
+        if not all(_is_int(v) for v in padding):
+            raise TypeError(f"{fn}: expected padding of ints, got {padding!r}")
+        if any(v < 0 for v in padding):
+            raise ValueError(f"{fn}: expected every padding >= 0, got {tuple(padding)}")
+        # F.pad order lists the last axis first: (left, right[, top, bottom]).
+        pairs = [(int(padding[2 * i]), int(padding[2 * i + 1])) for i in range(ndim)]
+        per_axis = pairs[::-1]
+    else:
+        try:
+            sym = _int_tuple(fn, "padding", padding, ndim, 0)
+        except (TypeError, ValueError) as e:
+            raise type(e)(
+                f"{fn}: expected padding to be an int, a tuple of {ndim} ints, a tuple of {2 * ndim} ints "
+                f"in F.pad order or one of {_PADDING_STRINGS[ndim]}, got {padding!r}"
+            ) from None
+        per_axis = [(p, p) for p in sym]
+    if ndim == 1:
+        per_axis = [(0, 0)] + per_axis
+    return [per_axis[0][0], per_axis[0][1], per_axis[1][0], per_axis[1][1]]
+
+
+def _check_tensors(fn, input, weight, bias, ndim):
+    for name, t in (("input", input), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: expected {name} to be a Tensor, got {type(t).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{fn}: expected bias to be a Tensor or None, got {type(bias).__name__}")
+    if input.dim() not in (ndim + 1, ndim + 2):
+        raise ValueError(
+            f"{fn}: expected {ndim + 1}-D (unbatched) or {ndim + 2}-D (batched) input, "
+            f"got input of size {tuple(input.shape)}"
+        )
+    if weight.dim() != ndim + 2:
+        raise ValueError(
+            f"{fn}: expected {ndim + 2}-D weight (out_channels, in_channels/groups, "
+            f"{'kW' if ndim == 1 else 'kH, kW'}), got weight of size {tuple(weight.shape)}"
+        )
+    for name, t in (("input", input), ("weight", weight), ("bias", bias)):
+        if t is not None and not t.is_floating_point():
+            raise TypeError(
+                f"{fn}: expected {name} of dtype float32, float64, float16 or bfloat16, got {t.dtype}"
+            )
+
+
+def _atrous_conv(fn, ndim, input, weight, bias, stride, padding, dilation, groups):
+    _check_tensors(fn, input, weight, bias, ndim)
+    if not _is_int(groups):
+        raise TypeError(f"{fn}: expected groups to be an int, got {groups!r}")
+    if groups <= 0:
+        raise ValueError(f"{fn}: expected groups > 0, got {groups}")
+    stride = _int_tuple(fn, "stride", stride, ndim, 1)
+    dilation = _int_tuple(fn, "dilation", dilation, ndim, 1)
+    batched = input.dim() == ndim + 2
+    x = input if batched else input.unsqueeze(0)
+    kernel = tuple(weight.shape[2:])
+    pads = resolve_padding(fn, padding, ndim, tuple(x.shape[2:]), kernel, stride, dilation)
+    w = weight
+    if ndim == 1:
+        # A 1-D conv is the 2-D op with H = 1: views, no copies.
+        x, w = x.unsqueeze(2), w.unsqueeze(2)
+        stride, dilation = (1, stride[0]), (1, dilation[0])
+    out = _ops.conv_forward(x, w, bias, list(stride), pads, list(dilation), int(groups))
+    if ndim == 1:
+        out = out.squeeze(2)
+    return out if batched else out.squeeze(0)
+
+
+def atrous_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Same signature and results as torch.nn.functional.conv2d, plus the padding
+    forms listed in this module's docstring."""
+    return _atrous_conv("atrous_conv2d", 2, input, weight, bias, stride, padding, dilation, groups)
+
+
+def atrous_conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Same signature and results as torch.nn.functional.conv1d, plus 'causal'
+    padding and the padding forms listed in this module's docstring."""
+    return _atrous_conv("atrous_conv1d", 1, input, weight, bias, stride, padding, dilation, groups)

@@ -1,0 +1,81 @@
+"""nn.Conv1d / nn.Conv2d subclasses that run the atrous kernels.
+
+They keep nn.Conv's constructor, state_dict keys and every padding_mode, and
+read stride, padding and dilation at forward time, because libraries change
+them after construction (DeepLab's output-stride surgery, for one).
+"""
+import torch.nn.functional as F
+from torch import nn
+
+from .functional import _atrous_conv, _int_tuple, resolve_padding
+
+__all__ = ["AtrousConv1d", "AtrousConv2d"]
+
+
+class _AtrousConvMixin:
+    _ndim = 2
+    _fn = "AtrousConv2d"
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":
+            batched = input.dim() == self._ndim + 2
+            x = input if batched else input.unsqueeze(0)
+            pads = resolve_padding(
+                self._fn, self.padding, self._ndim, tuple(x.shape[2:]), tuple(weight.shape[2:]),
+                _int_tuple(self._fn, "stride", self.stride, self._ndim, 1),
+                _int_tuple(self._fn, "dilation", self.dilation, self._ndim, 1),
+            )
+            # resolve_padding gives (top, bottom, left, right); F.pad wants the last axis first.
+            pad_arg = (pads[2], pads[3]) if self._ndim == 1 else (pads[2], pads[3], pads[0], pads[1])
+            x = F.pad(x, pad_arg, mode=self.padding_mode)
+            out = _atrous_conv(self._fn, self._ndim, x, weight, bias, self.stride, 0, self.dilation, self.groups)
+            return out if batched else out.squeeze(0)
+        return _atrous_conv(self._fn, self._ndim, input, weight, bias, self.stride, self.padding, self.dilation,
+                            self.groups)
+
+    def extra_repr(self):
+        return super().extra_repr() + ", backend=atrous_cuda"
+
+
+def _construct(module, base, args, kwargs, allowed):
+    """nn.Conv refuses 'causal' and 'same' with stride > 1; we accept them, so
+    construct with padding 0 and put the string back."""
+    padding = kwargs.get("padding", args[4] if len(args) > 4 else 0)
+    deferred = isinstance(padding, str) and padding not in allowed
+    stride = kwargs.get("stride", args[3] if len(args) > 3 else 1)
+    strided = any(s != 1 for s in (stride if isinstance(stride, (tuple, list)) else (stride,)))
+    if isinstance(padding, str) and padding == "same" and strided:
+        deferred = True
+    if deferred:
+        if "padding" in kwargs:
+            kwargs = dict(kwargs, padding=0)
+        else:
+            args = args[:4] + (0,) + args[5:]
+    base.__init__(module, *args, **kwargs)
+    if deferred:
+        module.padding = padding
+        if module.padding_mode != "zeros":
+            # Kept for code that reads it; the forward recomputes padding.
+            module._reversed_padding_repeated_twice = [0, 0] * module._ndim
+
+
+class AtrousConv2d(_AtrousConvMixin, nn.Conv2d):
+    """Drop-in nn.Conv2d whose forward runs atrous_cuda's kernels. Accepts every
+    padding form of atrous_conv2d, including 'same' with stride > 1."""
+
+    _ndim = 2
+    _fn = "AtrousConv2d"
+
+    def __init__(self, *args, **kwargs):
+        _construct(self, nn.Conv2d, args, kwargs, ("same", "valid"))
+
+
+class AtrousConv1d(_AtrousConvMixin, nn.Conv1d):
+    """Drop-in nn.Conv1d whose forward runs atrous_cuda's kernels. Also takes
+    padding='causal' (WaveNet) and 'same' with stride > 1."""
+
+    _ndim = 1
+    _fn = "AtrousConv1d"
+
+    def __init__(self, *args, **kwargs):
+        _construct(self, nn.Conv1d, args, kwargs, ("same", "valid"))

@@ -1,0 +1,166 @@
+// The schema of the atrous ops, defined once. Device kernels register in
+// csrc/cpu/atrous_conv_kernel.cpp and csrc/cuda/*.cu; fake kernels and
+// autograd are registered from Python in atrous_cuda/_ops.py.
+#include "atrous_conv.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <limits>
+#include <sstream>
+
+namespace atrous {
+
+namespace {
+
+std::string list_str(c10::IntArrayRef v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+bool supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+bool strictly_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+}  // namespace
+
+ConvParams make_conv_params(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                            const c10::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                            c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
+  TORCH_CHECK(input.dim() == 4, op, ": expected input of 4 dimensions (N, C, H, W), got ",
+              input.dim(), " dimensions of size ", input.sizes());
+  TORCH_CHECK(weight.dim() == 4, op,
+              ": expected weight of 4 dimensions (out_channels, in_channels/groups, kH, kW), got ",
+              weight.dim(), " dimensions of size ", weight.sizes());
+  TORCH_CHECK(supported_dtype(input.scalar_type()), op,
+              ": expected input of dtype float32, float64, float16 or bfloat16, got ",
+              input.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), op,
+              ": expected weight of the input's dtype ", input.scalar_type(), ", got ",
+              weight.scalar_type());
+  TORCH_CHECK(weight.device() == input.device(), op, ": expected weight on the input's device ",
+              input.device(), ", got ", weight.device());
+  TORCH_CHECK(stride.size() == 2, op, ": expected stride of 2 ints (H, W), got ",
+              list_str(stride));
+  TORCH_CHECK(padding.size() == 4, op,
+              ": expected padding of 4 ints (top, bottom, left, right), got ", list_str(padding));
+  TORCH_CHECK(dilation.size() == 2, op, ": expected dilation of 2 ints (H, W), got ",
+              list_str(dilation));
+  for (const auto v : stride)
+    TORCH_CHECK(v > 0, op, ": expected every stride > 0, got ", list_str(stride));
+  for (const auto v : dilation)
+    TORCH_CHECK(v > 0, op, ": expected every dilation > 0, got ", list_str(dilation));
+  for (const auto v : padding)
+    TORCH_CHECK(v >= 0, op, ": expected every padding >= 0, got ", list_str(padding));
+  TORCH_CHECK(groups > 0, op, ": expected groups > 0, got ", groups);
+
+  ConvParams p{};
+  p.batch = input.size(0);
+  p.in_channels = input.size(1);
+  p.in_height = input.size(2);
+  p.in_width = input.size(3);
+  p.out_channels = weight.size(0);
+  p.kernel_height = weight.size(2);
+  p.kernel_width = weight.size(3);
+  p.stride_h = stride[0];
+  p.stride_w = stride[1];
+  p.pad_top = padding[0];
+  p.pad_bottom = padding[1];
+  p.pad_left = padding[2];
+  p.pad_right = padding[3];
+  p.dilation_h = dilation[0];
+  p.dilation_w = dilation[1];
+  p.groups = groups;
+
+  TORCH_CHECK(p.out_channels > 0, op, ": expected weight with at least one output channel, got ",
+              weight.sizes());
+  TORCH_CHECK(p.kernel_height > 0 && p.kernel_width > 0, op,
+              ": expected a kernel of at least 1x1, got weight of size ", weight.sizes());
+  TORCH_CHECK(p.in_channels % groups == 0, op, ": expected in_channels (", p.in_channels,
+              ") divisible by groups (", groups, ")");
+  TORCH_CHECK(p.out_channels % groups == 0, op, ": expected out_channels (", p.out_channels,
+              ") divisible by groups (", groups, ")");
+  TORCH_CHECK(weight.size(1) * groups == p.in_channels, op, ": weight of size ", weight.sizes(),
+              " and groups=", groups, " expect input with ", weight.size(1) * groups,
+              " channels, got input of size ", input.sizes(), " with ", p.in_channels,
+              " channels");
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == p.out_channels, op,
+                ": expected bias of size [", p.out_channels, "], got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), op,
+                ": expected bias of the input's dtype ", input.scalar_type(), ", got ",
+                bias->scalar_type());
+    TORCH_CHECK(bias->device() == input.device(), op, ": expected bias on the input's device ",
+                input.device(), ", got ", bias->device());
+  }
+
+  p.out_height = conv_out_size(p.in_height, p.pad_top, p.pad_bottom, p.kernel_height, p.stride_h,
+                               p.dilation_h);
+  p.out_width = conv_out_size(p.in_width, p.pad_left, p.pad_right, p.kernel_width, p.stride_w,
+                              p.dilation_w);
+  TORCH_CHECK(p.out_height > 0 && p.out_width > 0, op, ": padded input of size (",
+              p.in_height + p.pad_top + p.pad_bottom, ", ", p.in_width + p.pad_left + p.pad_right,
+              ") is smaller than the dilated kernel (",
+              p.dilation_h * (p.kernel_height - 1) + 1, ", ",
+              p.dilation_w * (p.kernel_width - 1) + 1,
+              "); expected a kernel no larger than the padded input");
+  return p;
+}
+
+void check_grad_output(const char* op, const ConvParams& p, const at::Tensor& grad_output,
+                       const at::Tensor& input) {
+  const auto expected = output_shape(p);
+  TORCH_CHECK(grad_output.sizes() == c10::IntArrayRef(expected), op,
+              ": expected grad_output of size ", c10::IntArrayRef(expected), ", got ",
+              grad_output.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), op,
+              ": expected grad_output of the input's dtype ", input.scalar_type(), ", got ",
+              grad_output.scalar_type());
+  TORCH_CHECK(grad_output.device() == input.device(), op,
+              ": expected grad_output on the input's device ", input.device(), ", got ",
+              grad_output.device());
+}
+
+at::MemoryFormat output_memory_format(const at::Tensor& input, const at::Tensor& weight) {
+  return strictly_channels_last(input) || strictly_channels_last(weight)
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+bool poison_outputs_requested() {
+  const char* v = std::getenv("ATROUS_POISON");
+  return v != nullptr && v[0] == '1';
+}
+
+void poison(at::Tensor& t) {
+  if (poison_outputs_requested() && t.numel() > 0) t.fill_(std::numeric_limits<double>::quiet_NaN());
+}
+
+std::array<int64_t, 4> output_shape(const ConvParams& p) {
+  return {p.batch, p.out_channels, p.out_height, p.out_width};
+}
+
+}  // namespace atrous
+
+// padding is per side in axis order: (top, bottom, left, right). The Python
+// API turns every padding form (ints, 'same', 'causal', F.pad-order tuples)
+// into this, so asymmetric padding never copies the input.
+//
+// conv_backward returns a zero-element tensor for each gradient whose
+// output_mask entry is false; nothing is computed for it.
+TORCH_LIBRARY(atrous, m) {
+  m.def(
+      "conv_forward(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
+      "int[2] dilation, int groups) -> Tensor");
+  m.def(
+      "conv_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
+      "int[4] padding, int[2] dilation, int groups, bool[3] output_mask) -> "
+      "(Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+}

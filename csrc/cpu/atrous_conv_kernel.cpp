@@ -1,0 +1,579 @@
+// CPU kernels of atrous::conv_forward and atrous::conv_backward.
+//
+// Every kernel is an implicit GEMM over NHWC data in the accumulation type
+// (float for float32/float16/bfloat16, double for float64). For each kernel
+// tap (kh, kw) only the output pixels whose input pixel lies inside the image
+// take part (valid_out_range in atrous_index.h), so no multiply ever touches
+// padding. Work is split over independent output blocks with at::parallel_for
+// and every reduction runs in a fixed order, so results do not depend on the
+// number of threads.
+//
+// Convolutions with one input channel per group (depthwise, with any channel
+// multiplier) have no GEMM depth to speak of and take a direct path that
+// vectorizes over channels instead.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "../atrous_conv.h"
+#include "gather_gemm.h"
+
+namespace atrous {
+namespace {
+
+using at::Tensor;
+using cpu::GatherGemmArgs;
+using cpu::gather_gemm;
+using cpu::panel_width;
+using cpu::panels_for;
+
+// Output pixels per work unit: the M of one GEMM call. 192 rows amortize one
+// pass over a tap's weights (Cin/g x Cout/g) over enough multiply-adds to be
+// compute-bound, while the C tile (192 x Cout/g) stays in L2.
+constexpr int64_t kPixelTile = 192;
+// Pixels per unit in the depthwise path, whose tile spans every channel.
+constexpr int64_t kDepthwiseTile = 32;
+// grad_weight: input channels per unit (the GEMM M) and pixels per packed
+// chunk (the GEMM depth).
+constexpr int64_t kGradWeightRows = 96;
+constexpr int64_t kGradWeightChunk = 256;
+// Channels per unit in the depthwise grad_weight and in grad_bias.
+constexpr int64_t kChannelBlock = 256;
+
+template <typename acc_t>
+Tensor to_nhwc(const Tensor& t) {
+  return t.to(c10::CppTypeToScalarType<acc_t>::value).contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// Element strides of a 4-D tensor, so outputs of any memory format are
+// written in place.
+struct Strides4 {
+  int64_t n, c, h, w;
+  explicit Strides4(const Tensor& t) : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
+  int64_t offset(int64_t in, int64_t ic, int64_t ih, int64_t iw) const {
+    return in * n + ic * c + ih * h + iw * w;
+  }
+};
+
+// Forward B operand. weight[g*Cog + co][ci][kh][kw] becomes
+//   packed[g][tap][panel][ci][j],  co = panel*width + j,
+// zero where co >= Cog, so every C row is a whole number of panels.
+template <typename acc_t>
+Tensor pack_weight_forward(const Tensor& weight, const ConvParams& p) {
+  const int64_t G = p.groups, cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
+  const int64_t width = panel_width<acc_t>(), panels = panels_for<acc_t>(cog);
+  Tensor w = weight.to(c10::CppTypeToScalarType<acc_t>::value)
+                 .reshape({G, cog, cig, p.taps()})
+                 .permute({0, 3, 1, 2});  // G, taps, Cog, Cig
+  w = at::constant_pad_nd(w, {0, 0, 0, panels * width - cog});
+  return w.reshape({G, p.taps(), panels, width, cig}).permute({0, 1, 2, 4, 3}).contiguous();
+}
+
+// grad_input B operand, the transposed weight:
+//   packed[g][tap][panel][co][j] = weight[g*Cog + co][panel*width + j][kh][kw].
+template <typename acc_t>
+Tensor pack_weight_transposed(const Tensor& weight, const ConvParams& p) {
+  const int64_t G = p.groups, cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
+  const int64_t width = panel_width<acc_t>(), panels = panels_for<acc_t>(cig);
+  Tensor w = weight.to(c10::CppTypeToScalarType<acc_t>::value)
+                 .reshape({G, cog, cig, p.taps()})
+                 .permute({0, 3, 1, 2});  // G, taps, Cog, Cig
+  w = at::constant_pad_nd(w, {0, panels * width - cig});
+  return w.reshape({G, p.taps(), cog, panels, width}).permute({0, 1, 3, 2, 4}).contiguous();
+}
+
+// Depthwise-path weight as [tap][out_channel].
+template <typename acc_t>
+Tensor pack_weight_depthwise(const Tensor& weight, const ConvParams& p) {
+  return weight.to(c10::CppTypeToScalarType<acc_t>::value)
+      .reshape({p.out_channels, p.taps()})
+      .t()
+      .contiguous();
+}
+
+// Output pixels [pix_begin, pix_end) in row-major order, visited one row
+// segment at a time: f(oh, ow_begin, ow_end, tile_index_of_ow_begin).
+template <typename F>
+void for_each_row_segment(int64_t pix_begin, int64_t pix_end, int64_t width, F&& f) {
+  int64_t pix = pix_begin;
+  while (pix < pix_end) {
+    const int64_t row = pix / width, col = pix % width;
+    const int64_t col_end = std::min(width, col + (pix_end - pix));
+    f(row, col, col_end, pix - pix_begin);
+    pix += col_end - col;
+  }
+}
+
+// ---------------------------------------------------------------- forward --
+
+// out[n, g*Cog + co, oh, ow] = bias[co] + sum_{tap, ci} x[n, ih, iw, g*Cig + ci] * w[co, ci, tap]
+// with (ih, iw) from equation (1) of atrous_index.h. Per (tap, pixel tile) it
+// is one GEMM: A rows = input pixels (depth Cig), B = the tap's weights
+// (Cig x Cog), C rows = the tile's output pixels.
+template <typename scalar_t, typename acc_t>
+void forward_gemm(const ConvParams& p, const acc_t* x, const acc_t* packed, const acc_t* bias,
+                  Tensor& out) {
+  const int64_t G = p.groups, cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
+  const int64_t panels = panels_for<acc_t>(cog), row_len = panels * panel_width<acc_t>();
+  const int64_t pixels = p.out_height * p.out_width;
+  const int64_t tiles = (pixels + kPixelTile - 1) / kPixelTile;
+  const Strides4 os(out);
+  scalar_t* out_data = out.data_ptr<scalar_t>();
+
+  at::parallel_for(0, p.batch * G * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(kPixelTile * row_len);
+    std::vector<const acc_t*> a_rows(kPixelTile);
+    std::vector<acc_t*> c_rows(kPixelTile);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t tile = unit % tiles, g = (unit / tiles) % G, n = unit / (tiles * G);
+      const int64_t pix_begin = tile * kPixelTile;
+      const int64_t pix_end = std::min(pixels, pix_begin + kPixelTile);
+      const int64_t count = pix_end - pix_begin;
+      for (int64_t i = 0; i < count; ++i) {
+        acc_t* row = acc.data() + i * row_len;
+        for (int64_t co = 0; co < cog; ++co) row[co] = bias ? bias[g * cog + co] : acc_t(0);
+        std::fill(row + cog, row + row_len, acc_t(0));
+      }
+      for (int64_t kh = 0; kh < p.kernel_height; ++kh) {
+        const IndexRange oh_valid = valid_out_range(p.in_height, p.out_height, kh, p.stride_h,
+                                                    p.pad_top, p.dilation_h);
+        for (int64_t kw = 0; kw < p.kernel_width; ++kw) {
+          const IndexRange ow_valid = valid_out_range(p.in_width, p.out_width, kw, p.stride_w,
+                                                      p.pad_left, p.dilation_w);
+          int64_t rows = 0;
+          for_each_row_segment(pix_begin, pix_end, p.out_width,
+                               [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t local) {
+            if (oh < oh_valid.begin || oh >= oh_valid.end) return;
+            const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
+            for (int64_t ow = std::max(ow0, ow_valid.begin); ow < std::min(ow1, ow_valid.end); ++ow) {
+              const int64_t iw = input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w);
+              a_rows[rows] = x + ((n * p.in_height + ih) * p.in_width + iw) * p.in_channels + g * cig;
+              c_rows[rows] = acc.data() + (local + ow - ow0) * row_len;
+              ++rows;
+            }
+          });
+          const int64_t tap = kh * p.kernel_width + kw;
+          gather_gemm(GatherGemmArgs<acc_t>{rows, cig, panels, a_rows.data(), c_rows.data(),
+                                            packed + (g * p.taps() + tap) * panels * cig *
+                                                         panel_width<acc_t>()});
+        }
+      }
+      for_each_row_segment(pix_begin, pix_end, p.out_width,
+                           [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t local) {
+        for (int64_t ow = ow0; ow < ow1; ++ow) {
+          const acc_t* row = acc.data() + (local + ow - ow0) * row_len;
+          scalar_t* dst = out_data + os.offset(n, g * cog, oh, ow);
+          for (int64_t co = 0; co < cog; ++co) dst[co * os.c] = static_cast<scalar_t>(row[co]);
+        }
+      });
+    }
+  });
+}
+
+// One input channel per group: out channel c reads input channel c / mult.
+// The tile covers every channel, and the channel loop vectorizes.
+template <typename scalar_t, typename acc_t>
+void forward_depthwise(const ConvParams& p, const acc_t* x, const acc_t* w_tap_major,
+                       const acc_t* bias, Tensor& out) {
+  const int64_t cout = p.out_channels, cin = p.in_channels, mult = p.out_channels_per_group();
+  const int64_t pixels = p.out_height * p.out_width;
+  const int64_t tiles = (pixels + kDepthwiseTile - 1) / kDepthwiseTile;
+  const Strides4 os(out);
+  scalar_t* out_data = out.data_ptr<scalar_t>();
+
+  at::parallel_for(0, p.batch * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(kDepthwiseTile * cout);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t tile = unit % tiles, n = unit / tiles;
+      const int64_t pix_begin = tile * kDepthwiseTile;
+      const int64_t pix_end = std::min(pixels, pix_begin + kDepthwiseTile);
+      for (int64_t i = 0; i < pix_end - pix_begin; ++i)
+        for (int64_t c = 0; c < cout; ++c) acc[i * cout + c] = bias ? bias[c] : acc_t(0);
+      for (int64_t kh = 0; kh < p.kernel_height; ++kh) {
+        const IndexRange oh_valid = valid_out_range(p.in_height, p.out_height, kh, p.stride_h,
+                                                    p.pad_top, p.dilation_h);
+        for (int64_t kw = 0; kw < p.kernel_width; ++kw) {
+          const IndexRange ow_valid = valid_out_range(p.in_width, p.out_width, kw, p.stride_w,
+                                                      p.pad_left, p.dilation_w);
+          const acc_t* w = w_tap_major + (kh * p.kernel_width + kw) * cout;
+          for_each_row_segment(pix_begin, pix_end, p.out_width,
+                               [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t local) {
+            if (oh < oh_valid.begin || oh >= oh_valid.end) return;
+            const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
+            for (int64_t ow = std::max(ow0, ow_valid.begin); ow < std::min(ow1, ow_valid.end); ++ow) {
+              const int64_t iw = input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w);
+              const acc_t* src = x + ((n * p.in_height + ih) * p.in_width + iw) * cin;
+              acc_t* dst = acc.data() + (local + ow - ow0) * cout;
+              if (mult == 1) {
+                for (int64_t c = 0; c < cout; ++c) dst[c] += src[c] * w[c];
+              } else {
+                for (int64_t c = 0; c < cout; ++c) dst[c] += src[c / mult] * w[c];
+              }
+            }
+          });
+        }
+      }
+      for_each_row_segment(pix_begin, pix_end, p.out_width,
+                           [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t local) {
+        for (int64_t ow = ow0; ow < ow1; ++ow) {
+          const acc_t* row = acc.data() + (local + ow - ow0) * cout;
+          scalar_t* dst = out_data + os.offset(n, 0, oh, ow);
+          for (int64_t c = 0; c < cout; ++c) dst[c * os.c] = static_cast<scalar_t>(row[c]);
+        }
+      });
+    }
+  });
+}
+
+Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
+                        const c10::optional<Tensor>& bias, c10::IntArrayRef stride,
+                        c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
+  const ConvParams p =
+      make_conv_params("atrous_conv", input, weight, bias, stride, padding, dilation, groups);
+  Tensor out = at::empty(output_shape(p),
+                         input.options().memory_format(output_memory_format(input, weight)));
+  poison(out);
+  if (out.numel() == 0) return out;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "atrous_conv_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Tensor x = to_nhwc<acc_t>(input);
+    Tensor bias_acc;
+    if (bias.has_value() && bias->defined())
+      bias_acc = bias->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const acc_t* bias_ptr = bias_acc.defined() ? bias_acc.data_ptr<acc_t>() : nullptr;
+    if (p.in_channels_per_group() == 1) {
+      const Tensor w = pack_weight_depthwise<acc_t>(weight, p);
+      forward_depthwise<scalar_t, acc_t>(p, x.data_ptr<acc_t>(), w.data_ptr<acc_t>(), bias_ptr,
+                                         out);
+    } else {
+      const Tensor w = pack_weight_forward<acc_t>(weight, p);
+      forward_gemm<scalar_t, acc_t>(p, x.data_ptr<acc_t>(), w.data_ptr<acc_t>(), bias_ptr, out);
+    }
+  });
+  return out;
+}
+
+// ------------------------------------------------------------- grad_input --
+
+// grad_x[n, ih, iw, g*Cig + ci] = sum_{tap, co} grad_y[n, oh, ow, g*Cog + co] * w[co, ci, tap]
+// over the (oh, ow) that read (ih, iw) through the tap: the inverse of (1),
+// output_index_for_input. Within one tap distinct input pixels come from
+// distinct outputs, so each tap is one gathered GEMM into the tile.
+template <typename scalar_t, typename acc_t>
+void grad_input_gemm(const ConvParams& p, const acc_t* gy, const acc_t* packed_t,
+                     Tensor& grad_input) {
+  const int64_t G = p.groups, cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
+  const int64_t panels = panels_for<acc_t>(cig), row_len = panels * panel_width<acc_t>();
+  const int64_t pixels = p.in_height * p.in_width;
+  const int64_t tiles = (pixels + kPixelTile - 1) / kPixelTile;
+  const Strides4 gs(grad_input);
+  scalar_t* gi_data = grad_input.data_ptr<scalar_t>();
+
+  at::parallel_for(0, p.batch * G * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(kPixelTile * row_len);
+    std::vector<const acc_t*> a_rows(kPixelTile);
+    std::vector<acc_t*> c_rows(kPixelTile);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t tile = unit % tiles, g = (unit / tiles) % G, n = unit / (tiles * G);
+      const int64_t pix_begin = tile * kPixelTile;
+      const int64_t pix_end = std::min(pixels, pix_begin + kPixelTile);
+      std::fill(acc.begin(), acc.begin() + (pix_end - pix_begin) * row_len, acc_t(0));
+      for (int64_t kh = 0; kh < p.kernel_height; ++kh) {
+        for (int64_t kw = 0; kw < p.kernel_width; ++kw) {
+          int64_t rows = 0;
+          for_each_row_segment(pix_begin, pix_end, p.in_width,
+                               [&](int64_t ih, int64_t iw0, int64_t iw1, int64_t local) {
+            const int64_t oh = output_index_for_input(ih, p.out_height, kh, p.stride_h, p.pad_top,
+                                                      p.dilation_h);
+            if (oh < 0) return;
+            for (int64_t iw = iw0; iw < iw1; ++iw) {
+              const int64_t ow = output_index_for_input(iw, p.out_width, kw, p.stride_w,
+                                                        p.pad_left, p.dilation_w);
+              if (ow < 0) continue;
+              a_rows[rows] = gy + ((n * p.out_height + oh) * p.out_width + ow) * p.out_channels +
+                             g * cog;
+              c_rows[rows] = acc.data() + (local + iw - iw0) * row_len;
+              ++rows;
+            }
+          });
+          const int64_t tap = kh * p.kernel_width + kw;
+          gather_gemm(GatherGemmArgs<acc_t>{rows, cog, panels, a_rows.data(), c_rows.data(),
+                                            packed_t + (g * p.taps() + tap) * panels * cog *
+                                                           panel_width<acc_t>()});
+        }
+      }
+      for_each_row_segment(pix_begin, pix_end, p.in_width,
+                           [&](int64_t ih, int64_t iw0, int64_t iw1, int64_t local) {
+        for (int64_t iw = iw0; iw < iw1; ++iw) {
+          const acc_t* row = acc.data() + (local + iw - iw0) * row_len;
+          scalar_t* dst = gi_data + gs.offset(n, g * cig, ih, iw);
+          for (int64_t ci = 0; ci < cig; ++ci) dst[ci * gs.c] = static_cast<scalar_t>(row[ci]);
+        }
+      });
+    }
+  });
+}
+
+// Depthwise: grad_x[.., c] = sum_tap sum_{j < mult} grad_y[.., c*mult + j] * w[c*mult + j, tap].
+template <typename scalar_t, typename acc_t>
+void grad_input_depthwise(const ConvParams& p, const acc_t* gy, const acc_t* w_tap_major,
+                          Tensor& grad_input) {
+  const int64_t cout = p.out_channels, cin = p.in_channels, mult = p.out_channels_per_group();
+  const int64_t pixels = p.in_height * p.in_width;
+  const int64_t tiles = (pixels + kDepthwiseTile - 1) / kDepthwiseTile;
+  const Strides4 gs(grad_input);
+  scalar_t* gi_data = grad_input.data_ptr<scalar_t>();
+
+  at::parallel_for(0, p.batch * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(kDepthwiseTile * cin);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t tile = unit % tiles, n = unit / tiles;
+      const int64_t pix_begin = tile * kDepthwiseTile;
+      const int64_t pix_end = std::min(pixels, pix_begin + kDepthwiseTile);
+      std::fill(acc.begin(), acc.begin() + (pix_end - pix_begin) * cin, acc_t(0));
+      for (int64_t kh = 0; kh < p.kernel_height; ++kh) {
+        for (int64_t kw = 0; kw < p.kernel_width; ++kw) {
+          const acc_t* w = w_tap_major + (kh * p.kernel_width + kw) * cout;
+          for_each_row_segment(pix_begin, pix_end, p.in_width,
+                               [&](int64_t ih, int64_t iw0, int64_t iw1, int64_t local) {
+            const int64_t oh = output_index_for_input(ih, p.out_height, kh, p.stride_h, p.pad_top,
+                                                      p.dilation_h);
+            if (oh < 0) return;
+            for (int64_t iw = iw0; iw < iw1; ++iw) {
+              const int64_t ow = output_index_for_input(iw, p.out_width, kw, p.stride_w,
+                                                        p.pad_left, p.dilation_w);
+              if (ow < 0) continue;
+              const acc_t* src = gy + ((n * p.out_height + oh) * p.out_width + ow) * cout;
+              acc_t* dst = acc.data() + (local + iw - iw0) * cin;
+              if (mult == 1) {
+                for (int64_t c = 0; c < cin; ++c) dst[c] += src[c] * w[c];
+              } else {
+                for (int64_t c = 0; c < cin; ++c) {
+                  acc_t sum = 0;
+                  for (int64_t j = 0; j < mult; ++j) sum += src[c * mult + j] * w[c * mult + j];
+                  dst[c] += sum;
+                }
+              }
+            }
+          });
+        }
+      }
+      for_each_row_segment(pix_begin, pix_end, p.in_width,
+                           [&](int64_t ih, int64_t iw0, int64_t iw1, int64_t local) {
+        for (int64_t iw = iw0; iw < iw1; ++iw) {
+          const acc_t* row = acc.data() + (local + iw - iw0) * cin;
+          scalar_t* dst = gi_data + gs.offset(n, 0, ih, iw);
+          for (int64_t c = 0; c < cin; ++c) dst[c * gs.c] = static_cast<scalar_t>(row[c]);
+        }
+      });
+    }
+  });
+}
+
+// ------------------------------------------------------------ grad_weight --
+
+// Visits, in a fixed order, every (n, oh, ow) whose tap (kh, kw) reads inside
+// the input: f(n, oh, ow, ih, iw).
+template <typename F>
+void for_each_valid_pixel(const ConvParams& p, int64_t kh, int64_t kw, F&& f) {
+  const IndexRange oh_valid =
+      valid_out_range(p.in_height, p.out_height, kh, p.stride_h, p.pad_top, p.dilation_h);
+  const IndexRange ow_valid =
+      valid_out_range(p.in_width, p.out_width, kw, p.stride_w, p.pad_left, p.dilation_w);
+  for (int64_t n = 0; n < p.batch; ++n)
+    for (int64_t oh = oh_valid.begin; oh < oh_valid.end; ++oh) {
+      const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
+      for (int64_t ow = ow_valid.begin; ow < ow_valid.end; ++ow)
+        f(n, oh, ow, ih, input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w));
+    }
+}
+
+// grad_w[g*Cog + co, ci, tap] = sum_{valid pixels} x[n, ih, iw, g*Cig + ci] * grad_y[n, oh, ow, g*Cog + co].
+// The GEMM depth is the pixel count: per chunk of pixels, A = x^T (Cig rows
+// of a unit x chunk) and B = grad_y (chunk x Cog) are packed, and C is the
+// transposed weight gradient of one tap. A unit owns a block of input
+// channels of one (group, tap) and sums all pixels itself, in order.
+template <typename scalar_t, typename acc_t>
+void grad_weight_gemm(const ConvParams& p, const acc_t* x, const acc_t* gy, Tensor& grad_weight) {
+  const int64_t G = p.groups, cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
+  const int64_t width = panel_width<acc_t>();
+  const int64_t panels = panels_for<acc_t>(cog), row_len = panels * width;
+  const int64_t row_blocks = (cig + kGradWeightRows - 1) / kGradWeightRows;
+  const Strides4 ws(grad_weight);
+  scalar_t* gw_data = grad_weight.data_ptr<scalar_t>();
+
+  at::parallel_for(0, G * p.taps() * row_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(kGradWeightRows * row_len);
+    std::vector<acc_t> a_pack(kGradWeightRows * kGradWeightChunk);
+    std::vector<acc_t> b_pack(panels * kGradWeightChunk * width);
+    std::vector<const acc_t*> a_rows(kGradWeightRows);
+    std::vector<acc_t*> c_rows(kGradWeightRows);
+    std::vector<const acc_t*> x_pixels(kGradWeightChunk), gy_pixels(kGradWeightChunk);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t block = unit % row_blocks, tap = (unit / row_blocks) % p.taps();
+      const int64_t g = unit / (row_blocks * p.taps());
+      const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
+      const int64_t ci0 = block * kGradWeightRows;
+      const int64_t rows = std::min(kGradWeightRows, cig - ci0);
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t i = 0; i < rows; ++i) {
+        a_rows[i] = a_pack.data() + i * kGradWeightChunk;
+        c_rows[i] = acc.data() + i * row_len;
+      }
+      int64_t chunk = 0;
+      auto flush = [&] {
+        if (chunk == 0) return;
+        for (int64_t k = 0; k < chunk; ++k) {
+          const acc_t* src = x_pixels[k];
+          for (int64_t i = 0; i < rows; ++i) a_pack[i * kGradWeightChunk + k] = src[i];
+        }
+        for (int64_t pn = 0; pn < panels; ++pn)
+          for (int64_t k = 0; k < chunk; ++k) {
+            acc_t* dst = b_pack.data() + (pn * chunk + k) * width;
+            const acc_t* src = gy_pixels[k] + pn * width;
+            const int64_t valid = std::min(width, cog - pn * width);
+            for (int64_t j = 0; j < valid; ++j) dst[j] = src[j];
+            for (int64_t j = valid; j < width; ++j) dst[j] = acc_t(0);
+          }
+        gather_gemm(GatherGemmArgs<acc_t>{rows, chunk, panels, a_rows.data(), c_rows.data(),
+                                          b_pack.data()});
+        chunk = 0;
+      };
+      for_each_valid_pixel(p, kh, kw, [&](int64_t n, int64_t oh, int64_t ow, int64_t ih, int64_t iw) {
+        x_pixels[chunk] = x + ((n * p.in_height + ih) * p.in_width + iw) * p.in_channels + g * cig + ci0;
+        gy_pixels[chunk] = gy + ((n * p.out_height + oh) * p.out_width + ow) * p.out_channels + g * cog;
+        if (++chunk == kGradWeightChunk) flush();
+      });
+      flush();
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t co = 0; co < cog; ++co)
+          gw_data[ws.offset(g * cog + co, ci0 + i, kh, kw)] =
+              static_cast<scalar_t>(acc[i * row_len + co]);
+    }
+  });
+}
+
+// Depthwise: grad_w[c, 0, tap] = sum_{valid pixels} grad_y[.., c] * x[.., c / mult].
+template <typename scalar_t, typename acc_t>
+void grad_weight_depthwise(const ConvParams& p, const acc_t* x, const acc_t* gy,
+                           Tensor& grad_weight) {
+  const int64_t cout = p.out_channels, cin = p.in_channels, mult = p.out_channels_per_group();
+  const int64_t blocks = (cout + kChannelBlock - 1) / kChannelBlock;
+  const Strides4 ws(grad_weight);
+  scalar_t* gw_data = grad_weight.data_ptr<scalar_t>();
+
+  at::parallel_for(0, p.taps() * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(kChannelBlock);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t block = unit % blocks, tap = unit / blocks;
+      const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
+      const int64_t c0 = block * kChannelBlock, c1 = std::min(cout, c0 + kChannelBlock);
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for_each_valid_pixel(p, kh, kw, [&](int64_t n, int64_t oh, int64_t ow, int64_t ih, int64_t iw) {
+        const acc_t* g_px = gy + ((n * p.out_height + oh) * p.out_width + ow) * cout;
+        const acc_t* x_px = x + ((n * p.in_height + ih) * p.in_width + iw) * cin;
+        if (mult == 1) {
+          for (int64_t c = c0; c < c1; ++c) acc[c - c0] += g_px[c] * x_px[c];
+        } else {
+          for (int64_t c = c0; c < c1; ++c) acc[c - c0] += g_px[c] * x_px[c / mult];
+        }
+      });
+      for (int64_t c = c0; c < c1; ++c)
+        gw_data[ws.offset(c, 0, kh, kw)] = static_cast<scalar_t>(acc[c - c0]);
+    }
+  });
+}
+
+// -------------------------------------------------------------- grad_bias --
+
+// grad_b[c] = sum_{n, oh, ow} grad_y[n, oh, ow, c], per channel block in a
+// fixed order: per image first, then across images.
+template <typename scalar_t, typename acc_t>
+void grad_bias_sum(const ConvParams& p, const acc_t* gy, Tensor& grad_bias) {
+  const int64_t cout = p.out_channels, pixels = p.out_height * p.out_width;
+  const int64_t blocks = (cout + kChannelBlock - 1) / kChannelBlock;
+  scalar_t* gb_data = grad_bias.data_ptr<scalar_t>();
+  const int64_t gb_stride = grad_bias.stride(0);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(kChannelBlock), image(kChannelBlock);
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t c0 = block * kChannelBlock, c1 = std::min(cout, c0 + kChannelBlock);
+      std::fill(total.begin(), total.end(), acc_t(0));
+      for (int64_t n = 0; n < p.batch; ++n) {
+        std::fill(image.begin(), image.end(), acc_t(0));
+        for (int64_t px = 0; px < pixels; ++px) {
+          const acc_t* src = gy + (n * pixels + px) * cout;
+          for (int64_t c = c0; c < c1; ++c) image[c - c0] += src[c];
+        }
+        for (int64_t c = c0; c < c1; ++c) total[c - c0] += image[c - c0];
+      }
+      for (int64_t c = c0; c < c1; ++c) gb_data[c * gb_stride] = static_cast<scalar_t>(total[c - c0]);
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
+    const Tensor& grad_output, const Tensor& input, const Tensor& weight, c10::IntArrayRef stride,
+    c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> output_mask) {
+  const ConvParams p = make_conv_params("atrous_conv_backward", input, weight, c10::nullopt,
+                                        stride, padding, dilation, groups);
+  check_grad_output("atrous_conv_backward", p, grad_output, input);
+  const auto fmt = output_memory_format(input, weight);
+  Tensor grad_input = output_mask[0] ? at::empty(input.sizes(), input.options().memory_format(fmt))
+                                     : at::empty({0}, input.options());
+  Tensor grad_weight = output_mask[1]
+                           ? at::empty(weight.sizes(), weight.options().memory_format(fmt))
+                           : at::empty({0}, weight.options());
+  Tensor grad_bias = output_mask[2] ? at::empty({p.out_channels}, weight.options())
+                                    : at::empty({0}, weight.options());
+  poison(grad_input);
+  poison(grad_weight);
+  poison(grad_bias);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "atrous_conv_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const bool depthwise = p.in_channels_per_group() == 1;
+    const Tensor gy = to_nhwc<acc_t>(grad_output);
+    if (output_mask[0] && grad_input.numel() > 0) {
+      if (depthwise) {
+        const Tensor w = pack_weight_depthwise<acc_t>(weight, p);
+        grad_input_depthwise<scalar_t, acc_t>(p, gy.data_ptr<acc_t>(), w.data_ptr<acc_t>(),
+                                              grad_input);
+      } else {
+        const Tensor w = pack_weight_transposed<acc_t>(weight, p);
+        grad_input_gemm<scalar_t, acc_t>(p, gy.data_ptr<acc_t>(), w.data_ptr<acc_t>(),
+                                         grad_input);
+      }
+    }
+    if (output_mask[1]) {
+      const Tensor x = to_nhwc<acc_t>(input);
+      if (depthwise)
+        grad_weight_depthwise<scalar_t, acc_t>(p, x.data_ptr<acc_t>(), gy.data_ptr<acc_t>(),
+                                               grad_weight);
+      else
+        grad_weight_gemm<scalar_t, acc_t>(p, x.data_ptr<acc_t>(), gy.data_ptr<acc_t>(),
+                                          grad_weight);
+    }
+    if (output_mask[2]) grad_bias_sum<scalar_t, acc_t>(p, gy.data_ptr<acc_t>(), grad_bias);
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(atrous, CPU, m) {
+  m.impl("conv_forward", &conv_forward_cpu);
+  m.impl("conv_backward", &conv_backward_cpu);
+}
+
+}  // namespace atrous

@@ -1,0 +1,217 @@
+// Register-blocked micro-kernel for gather_gemm, compiled once per x86
+// instruction set and chosen at run time.
+//
+// A tile of MR rows x one 64-byte panel of C stays in registers while k runs
+// over a cache block of the depth: per k it loads one B vector, broadcasts MR
+// values of A and issues MR fused multiply-adds. GCC's generic vectors are
+// lowered to the widest registers of the function's target, and `flatten`
+// inlines the generic template into each target-specific entry point.
+#include "gather_gemm.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace atrous {
+namespace cpu {
+namespace {
+
+// GCC generic vector of `Bytes` bytes; each target's entry point picks the
+// width of its registers, so no vector is ever split by the compiler.
+template <typename T, int Bytes>
+struct Vec;
+template <int Bytes>
+struct Vec<float, Bytes> {
+  typedef float type __attribute__((vector_size(Bytes)));
+};
+template <int Bytes>
+struct Vec<double, Bytes> {
+  typedef double type __attribute__((vector_size(Bytes)));
+};
+
+// Depth cache block: a 64-byte B panel of this depth is 16 KiB and stays in L1
+// while the A rows of a tile stream past it.
+constexpr int64_t kDepthBlock = 256;
+
+template <typename T, int VB, int MR>
+inline void micro_tile(const T* const* a_rows, T* const* c_rows, int64_t col, const T* b,
+                       int64_t k_begin, int64_t k_count) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int NV = kPanelBytes / VB;  // vectors per panel row
+  constexpr int lanes = VB / sizeof(T);
+  V acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) std::memcpy(&acc[i][v], c_rows[i] + col + v * lanes, VB);
+  const T* a[MR];
+  for (int i = 0; i < MR; ++i) a[i] = a_rows[i] + k_begin;
+  for (int64_t k = 0; k < k_count; ++k) {
+    V bv[NV];
+    for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + k * panel_width<T>() + v * lanes, VB);
+    for (int i = 0; i < MR; ++i) {
+      const T ai = a[i][k];
+      for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) std::memcpy(c_rows[i] + col + v * lanes, &acc[i][v], VB);
+}
+
+template <typename T, int VB, int MR>
+inline void tail_tile(int rows, const T* const* a_rows, T* const* c_rows, int64_t col, const T* b,
+                      int64_t k_begin, int64_t k_count) {
+  // Rows left over after the full MR tiles, peeled one size at a time so each
+  // call still has a compile-time tile height.
+  if constexpr (MR > 1) {
+    if (rows == MR - 1) {
+      micro_tile<T, VB, MR - 1>(a_rows, c_rows, col, b, k_begin, k_count);
+      return;
+    }
+    tail_tile<T, VB, MR - 1>(rows, a_rows, c_rows, col, b, k_begin, k_count);
+  }
+}
+
+template <typename T, int VB, int MR>
+inline void gather_gemm_impl(const GatherGemmArgs<T>& args) {
+  const int64_t width = panel_width<T>();
+  const int64_t full_rows = args.rows - args.rows % MR;
+  for (int64_t k0 = 0; k0 < args.depth; k0 += kDepthBlock) {
+    const int64_t kc = args.depth - k0 < kDepthBlock ? args.depth - k0 : kDepthBlock;
+    for (int64_t p = 0; p < args.panels; ++p) {
+      const T* b = args.b_panels + (p * args.depth + k0) * width;
+      const int64_t col = p * width;
+      for (int64_t m = 0; m < full_rows; m += MR)
+        micro_tile<T, VB, MR>(args.a_rows + m, args.c_rows + m, col, b, k0, kc);
+      if (full_rows < args.rows)
+        tail_tile<T, VB, MR>(static_cast<int>(args.rows - full_rows), args.a_rows + full_rows,
+                         args.c_rows + full_rows, col, b, k0, kc);
+    }
+  }
+}
+
+// Tile heights, measured (bench/NOTES.md): AVX2 has 16 ymm registers and a
+// 64-byte panel is two of them, so 6 rows take 12 accumulators; AVX-512 holds
+// a panel in one zmm register and 6 rows measured faster than 8, 12 or 14 (the
+// row pointers compete for registers); the SSE2 baseline needs four xmm per
+// panel, hence 3 rows.
+enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
+__attribute__((flatten)) void gemm_baseline_f32(const GatherGemmArgs<float>& a) {
+  gather_gemm_impl<float, 16, 3>(a);
+}
+__attribute__((flatten)) void gemm_baseline_f64(const GatherGemmArgs<double>& a) {
+  gather_gemm_impl<double, 16, 3>(a);
+}
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"), flatten)) void gemm_avx2_f32(const GatherGemmArgs<float>& a) {
+  gather_gemm_impl<float, 32, 6>(a);
+}
+__attribute__((target("avx2,fma"), flatten)) void gemm_avx2_f64(
+    const GatherGemmArgs<double>& a) {
+  gather_gemm_impl<double, 32, 6>(a);
+}
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), flatten)) void gemm_avx512_f32(
+    const GatherGemmArgs<float>& a) {
+  gather_gemm_impl<float, 64, 6>(a);
+}
+__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), flatten)) void gemm_avx512_f64(
+    const GatherGemmArgs<double>& a) {
+  gather_gemm_impl<double, 64, 6>(a);
+}
+#endif
+
+Isa best_supported_isa() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kBaseline;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "baseline";
+  }
+}
+
+Isa parse_isa(const std::string& name) {
+  if (name == "avx512") return Isa::kAvx512;
+  if (name == "avx2") return Isa::kAvx2;
+  if (name == "baseline") return Isa::kBaseline;
+  TORCH_CHECK(false, "atrous: expected a CPU instruction set of 'avx512', 'avx2' or 'baseline', got '",
+              name, "'");
+}
+
+Isa initial_isa() {
+  const Isa best = best_supported_isa();
+  const char* env = std::getenv("ATROUS_CPU_ISA");
+  if (env == nullptr || env[0] == '\0') return best;
+  const Isa wanted = parse_isa(env);
+  return static_cast<int>(wanted) < static_cast<int>(best) ? wanted : best;
+}
+
+Isa& active_isa() {
+  static Isa isa = initial_isa();
+  return isa;
+}
+
+}  // namespace
+
+void gather_gemm(const GatherGemmArgs<float>& args) {
+  if (args.rows <= 0 || args.depth <= 0 || args.panels <= 0) return;
+  switch (active_isa()) {
+#if defined(__x86_64__)
+    case Isa::kAvx512:
+      return gemm_avx512_f32(args);
+    case Isa::kAvx2:
+      return gemm_avx2_f32(args);
+#endif
+    default:
+      return gemm_baseline_f32(args);
+  }
+}
+
+void gather_gemm(const GatherGemmArgs<double>& args) {
+  if (args.rows <= 0 || args.depth <= 0 || args.panels <= 0) return;
+  switch (active_isa()) {
+#if defined(__x86_64__)
+    case Isa::kAvx512:
+      return gemm_avx512_f64(args);
+    case Isa::kAvx2:
+      return gemm_avx2_f64(args);
+#endif
+    default:
+      return gemm_baseline_f64(args);
+  }
+}
+
+std::string cpu_isa() { return isa_name(active_isa()); }
+
+std::string cpu_isas_available() {
+  std::string out;
+  for (int i = static_cast<int>(best_supported_isa()); i >= 0; --i) {
+    if (!out.empty()) out += ",";
+    out += isa_name(static_cast<Isa>(i));
+  }
+  return out;
+}
+
+void set_cpu_isa(const std::string& name) {
+  const Isa wanted = parse_isa(name);
+  const Isa best = best_supported_isa();
+  TORCH_CHECK(static_cast<int>(wanted) <= static_cast<int>(best),
+              "atrous: CPU instruction set '", name, "' is not supported here; available: ",
+              cpu_isas_available());
+  active_isa() = wanted;
+}
+
+}  // namespace cpu
+}  // namespace atrous

@@ -1,0 +1,51 @@
+// A small GEMM whose A and C rows are gathered through pointer lists:
+//
+//   C[m][0:n) += sum_k A[m][k] * B[k][0:n),   m < rows, k < depth
+//
+// This is the one inner loop of every CPU kernel. For the forward, A rows are
+// the input pixels that one kernel tap reads (only the ones inside the image),
+// B is that tap's weight slice and C rows are output pixels, so a dilated
+// conv is an implicit GEMM that never multiplies padding.
+//
+// B is packed in column panels of kPanelBytes: b_panels[p][k][j] holds
+// B[k][p*panel_width + j]. C rows are padded to a whole number of panels.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace atrous {
+namespace cpu {
+
+constexpr int64_t kPanelBytes = 64;
+template <typename T>
+constexpr int64_t panel_width() {
+  return kPanelBytes / static_cast<int64_t>(sizeof(T));
+}
+template <typename T>
+inline int64_t panels_for(int64_t columns) {
+  return (columns + panel_width<T>() - 1) / panel_width<T>();
+}
+
+template <typename T>
+struct GatherGemmArgs {
+  int64_t rows;            // M
+  int64_t depth;           // K
+  int64_t panels;          // N / panel_width, N padded up
+  const T* const* a_rows;  // rows pointers to depth contiguous values
+  T* const* c_rows;        // rows pointers to panels*panel_width contiguous values
+  const T* b_panels;       // [panels][depth][panel_width]
+};
+
+void gather_gemm(const GatherGemmArgs<float>& args);
+void gather_gemm(const GatherGemmArgs<double>& args);
+
+// The instruction set the GEMM runs with: "avx512", "avx2" or "baseline".
+// The best one the CPU supports is chosen at load time; ATROUS_CPU_ISA or
+// set_cpu_isa() pick a lower one (the tests run every path).
+std::string cpu_isa();
+std::string cpu_isas_available();
+void set_cpu_isa(const std::string& isa);
+
+}  // namespace cpu
+}  // namespace atrous
