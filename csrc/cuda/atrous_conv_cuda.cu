@@ -1,0 +1,182 @@
+// CUDA entry points of atrous::conv_forward and atrous::conv_backward: checks,
+// layout (NHWC views of the data, packed weights), dispatch by dtype and by
+// kernel family, on the current stream under a device guard. The kernels are
+// in conv_kernels.cuh, instantiated per dtype in conv_<dtype>.cu.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <tuple>
+
+#include "../atrous_conv.h"
+#include "launch_args.h"
+
+namespace atrous {
+namespace cuda {
+
+int64_t grad_weight_splits(const ConvParams& p) {
+  // About 512 blocks of 128 x 128 (enough to fill every SM of an H100 a few
+  // times over), with no split shorter than 1024 pixels and at most 64 splits.
+  const int64_t tiles = ((p.out_channels_per_group() + 127) / 128) *
+                        ((p.in_channels_per_group() + 127) / 128) * p.groups * p.taps();
+  const int64_t pixels = p.batch * p.out_height * p.out_width;
+  int64_t splits = (512 + tiles - 1) / tiles;
+  const int64_t by_length = (pixels + 1023) / 1024;
+  if (splits > by_length) splits = by_length;
+  if (splits > 64) splits = 64;
+  return splits < 1 ? 1 : splits;
+}
+
+namespace {
+
+using at::Tensor;
+
+Strides4 strides_of(const Tensor& t) {
+  return Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+// NHWC data with the canonical strides the kernels index by (a channels_last
+// input is used as it is).
+Tensor to_nhwc(const Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
+
+bool aligned16(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) % 16 == 0; }
+
+int64_t round_up8(int64_t v) { return (v + 7) / 8 * 8; }
+
+// Forward B: packed[g][tap][ci][co], co padded with zeros to `cols`.
+Tensor pack_weight_forward(const Tensor& weight, const ConvParams& p, int64_t cols) {
+  const Tensor w = weight
+                       .reshape({p.groups, p.out_channels_per_group(), p.in_channels_per_group(),
+                                 p.taps()})
+                       .permute({0, 3, 2, 1});
+  return at::constant_pad_nd(w, {0, cols - p.out_channels_per_group()}).contiguous();
+}
+
+// grad_input B: packed[g][tap][co][ci], ci padded with zeros to `cols`.
+Tensor pack_weight_grad_input(const Tensor& weight, const ConvParams& p, int64_t cols) {
+  const Tensor w = weight
+                       .reshape({p.groups, p.out_channels_per_group(), p.in_channels_per_group(),
+                                 p.taps()})
+                       .permute({0, 3, 1, 2});
+  return at::constant_pad_nd(w, {0, cols - p.in_channels_per_group()}).contiguous();
+}
+
+Tensor conv_forward_cuda(const Tensor& input, const Tensor& weight,
+                         const c10::optional<Tensor>& bias, c10::IntArrayRef stride,
+                         c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
+  const ConvParams p =
+      make_conv_params("atrous_conv", input, weight, bias, stride, padding, dilation, groups);
+  const c10::cuda::CUDAGuard guard(input.device());
+  Tensor out = at::empty(output_shape(p),
+                         input.options().memory_format(output_memory_format(input, weight)));
+  poison(out);
+  if (out.numel() == 0) return out;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const Tensor x = to_nhwc(input);
+  const Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : Tensor();
+  const void* bias_ptr = b.defined() ? b.data_ptr() : nullptr;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "atrous_conv_forward_cuda", [&] {
+    if (p.in_channels_per_group() == 1) {
+      const Tensor w = weight.reshape({p.out_channels, p.taps()}).contiguous();
+      launch_depthwise_forward<scalar_t>(
+          DirectArgs{p, x.data_ptr(), w.data_ptr(), bias_ptr, out.data_ptr(), strides_of(out),
+                     stream});
+    } else {
+      const int64_t cols = round_up8(p.out_channels_per_group());
+      const Tensor w = pack_weight_forward(weight, p, cols);
+      const bool vector_ok = p.in_channels % 8 == 0 && p.in_channels_per_group() % 8 == 0 &&
+                             aligned16(x.data_ptr());
+      launch_implicit_gemm_forward<scalar_t>(ImplicitGemmArgs{
+          p, x.data_ptr(), w.data_ptr(), bias_ptr, out.data_ptr(), strides_of(out), cols,
+          vector_ok, stream});
+    }
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv_backward_cuda(
+    const Tensor& grad_output, const Tensor& input, const Tensor& weight, c10::IntArrayRef stride,
+    c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> output_mask) {
+  const ConvParams p = make_conv_params("atrous_conv_backward", input, weight, c10::nullopt,
+                                        stride, padding, dilation, groups);
+  check_grad_output("atrous_conv_backward", p, grad_output, input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto fmt = output_memory_format(input, weight);
+  Tensor grad_input = output_mask[0] ? at::empty(input.sizes(), input.options().memory_format(fmt))
+                                     : at::empty({0}, input.options());
+  Tensor grad_weight = output_mask[1]
+                           ? at::empty(weight.sizes(), weight.options().memory_format(fmt))
+                           : at::empty({0}, weight.options());
+  Tensor grad_bias = output_mask[2] ? at::empty({p.out_channels}, weight.options())
+                                    : at::empty({0}, weight.options());
+  poison(grad_input);
+  poison(grad_weight);
+  poison(grad_bias);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const Tensor gy = to_nhwc(grad_output);
+  const bool depthwise = p.in_channels_per_group() == 1;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "atrous_conv_backward_cuda", [&] {
+    if (output_mask[0] && grad_input.numel() > 0) {
+      if (depthwise) {
+        const Tensor w = weight.reshape({p.out_channels, p.taps()}).contiguous();
+        launch_depthwise_grad_input<scalar_t>(DirectArgs{p, gy.data_ptr(), w.data_ptr(), nullptr,
+                                                         grad_input.data_ptr(),
+                                                         strides_of(grad_input), stream});
+      } else {
+        const int64_t cols = round_up8(p.in_channels_per_group());
+        const Tensor w = pack_weight_grad_input(weight, p, cols);
+        const bool vector_ok = p.out_channels % 8 == 0 && p.out_channels_per_group() % 8 == 0 &&
+                               aligned16(gy.data_ptr());
+        launch_implicit_gemm_grad_input<scalar_t>(ImplicitGemmArgs{
+            p, gy.data_ptr(), w.data_ptr(), nullptr, grad_input.data_ptr(),
+            strides_of(grad_input), cols, vector_ok, stream});
+      }
+    }
+    if (output_mask[1]) {
+      const Tensor x = to_nhwc(input);
+      if (depthwise) {
+        launch_depthwise_grad_weight<scalar_t>(DirectArgs{p, gy.data_ptr(), x.data_ptr(), nullptr,
+                                                          grad_weight.data_ptr(),
+                                                          strides_of(grad_weight), stream});
+      } else {
+        const int64_t splits = grad_weight_splits(p);
+        const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+        const Tensor partials =
+            at::empty({splits * p.groups * p.taps() * p.out_channels_per_group() *
+                       p.in_channels_per_group()},
+                      input.options().dtype(acc_dtype));
+        const bool vector_ok = p.out_channels % 8 == 0 && p.out_channels_per_group() % 8 == 0 &&
+                               p.in_channels % 8 == 0 && p.in_channels_per_group() % 8 == 0 &&
+                               aligned16(gy.data_ptr()) && aligned16(x.data_ptr());
+        launch_grad_weight<scalar_t>(GradWeightArgs{p, gy.data_ptr(), x.data_ptr(),
+                                                    partials.data_ptr(), grad_weight.data_ptr(),
+                                                    strides_of(grad_weight), splits, vector_ok,
+                                                    stream});
+      }
+    }
+    if (output_mask[2]) {
+      launch_grad_bias<scalar_t>(DirectArgs{p, gy.data_ptr(), nullptr, nullptr,
+                                            grad_bias.data_ptr(),
+                                            Strides4{grad_bias.stride(0), 0, 0, 0}, stream});
+    }
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+}  // namespace cuda
+
+TORCH_LIBRARY_IMPL(atrous, CUDA, m) {
+  m.impl("conv_forward", &cuda::conv_forward_cuda);
+  m.impl("conv_backward", &cuda::conv_backward_cuda);
+}
+
+}  // namespace atrous

@@ -1,0 +1,865 @@
+// CUDA kernels of the atrous ops, templated on the element type. Each dtype
+// is instantiated in its own conv_<dtype>.cu so ninja builds them in parallel.
+//
+//   implicit GEMM (forward, grad_input)  SIMT FMA for float/double,
+//                                        tensor cores (WMMA) for half/bfloat16
+//   grad_weight                          same two flavours, split over fixed
+//                                        pixel ranges + an ordered reduction
+//   depthwise forward / grad_input / grad_weight, grad_bias: direct kernels
+//
+// Every index goes through atrous_index.h, the header the CPU kernels and
+// the CPU tests use. Offsets are 64-bit throughout. No floating-point
+// atomics: every sum runs in a fixed order, so results are bitwise
+// reproducible run after run.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+
+#include "../atrous_index.h"
+#include "launch_args.h"
+
+namespace atrous {
+namespace cuda {
+namespace {
+
+// ------------------------------------------------------------ element types --
+
+// c10 types on the host side map to CUDA's own types in the kernels (the same
+// bits), and every element type maps to the type it accumulates in.
+template <typename T>
+struct DeviceType {
+  using type = T;
+};
+template <>
+struct DeviceType<c10::Half> {
+  using type = __half;
+};
+template <>
+struct DeviceType<c10::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_acc(float v);
+template <>
+__device__ __forceinline__ float from_acc<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <typename T>
+__device__ __forceinline__ T from_acc(double v) {
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T zero_value() {
+  return from_acc<T>(typename AccType<T>::type(0));
+}
+
+inline int64_t ceil_div_host(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline dim3 grid3(int64_t x, int64_t y, int64_t z) {
+  return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y), static_cast<unsigned>(z));
+}
+
+inline void check_grid(int64_t x, int64_t y, int64_t z, const char* what) {
+  TORCH_CHECK(x > 0 && x < (int64_t(1) << 31) && y > 0 && y <= 65535 && z > 0 && z <= 65535,
+              "atrous_conv (CUDA): the ", what, " grid (", x, ", ", y, ", ", z,
+              ") exceeds CUDA's limits (2^31-1, 65535, 65535); expected fewer groups or a "
+              "smaller problem");
+}
+
+// ------------------------------------------------------ implicit GEMM rows --
+
+// The A row of GEMM row m for one tap: the element offset of the NHWC pixel
+// (channel 0 of the group) that row m reads through tap (kh, kw), or -1 when
+// that pixel is padding.
+//   forward:    m = (n, oh, ow) reads input (ih, iw) = eq. (1) of atrous_index.h
+//   grad_input: m = (n, ih, iw) reads grad_output (oh, ow) = inverse of eq. (1)
+template <bool kGradInput>
+__device__ __forceinline__ int64_t gather_row_offset(const ConvParams& p, int64_t n, int64_t y,
+                                                     int64_t x, int64_t kh, int64_t kw,
+                                                     int64_t group) {
+  if (kGradInput) {
+    const int64_t oh = output_index_for_input(y, p.out_height, kh, p.stride_h, p.pad_top,
+                                              p.dilation_h);
+    const int64_t ow = output_index_for_input(x, p.out_width, kw, p.stride_w, p.pad_left,
+                                              p.dilation_w);
+    if (oh < 0 || ow < 0) return -1;
+    return ((n * p.out_height + oh) * p.out_width + ow) * p.out_channels +
+           group * p.out_channels_per_group();
+  }
+  const int64_t ih = input_index(y, kh, p.stride_h, p.pad_top, p.dilation_h);
+  const int64_t iw = input_index(x, kw, p.stride_w, p.pad_left, p.dilation_w);
+  if (ih < 0 || ih >= p.in_height || iw < 0 || iw >= p.in_width) return -1;
+  return ((n * p.in_height + ih) * p.in_width + iw) * p.in_channels +
+         group * p.in_channels_per_group();
+}
+
+template <bool kGradInput>
+struct GemmShape {
+  int64_t rows_y, rows_x, M, cols, depth;
+  __device__ __host__ explicit GemmShape(const ConvParams& p) {
+    rows_y = kGradInput ? p.in_height : p.out_height;
+    rows_x = kGradInput ? p.in_width : p.out_width;
+    M = p.batch * rows_y * rows_x;
+    cols = kGradInput ? p.in_channels_per_group() : p.out_channels_per_group();
+    depth = kGradInput ? p.out_channels_per_group() : p.in_channels_per_group();
+  }
+};
+
+// Writes one GEMM result element to the (strided) output or grad_input.
+template <bool kGradInput, typename T, typename acc_t>
+__device__ __forceinline__ void store_result(const ImplicitGemmArgs& args,
+                                             const GemmShape<kGradInput>& shape, int64_t m,
+                                             int64_t col, int64_t group, acc_t value) {
+  const int64_t x = m % shape.rows_x;
+  const int64_t y = (m / shape.rows_x) % shape.rows_y;
+  const int64_t n = m / (shape.rows_x * shape.rows_y);
+  const int64_t channel = group * shape.cols + col;
+  if (!kGradInput && args.bias != nullptr)
+    value += to_acc(static_cast<const T*>(args.bias)[channel]);
+  const Strides4& s = args.out_strides;
+  static_cast<T*>(args.out)[n * s.n + channel * s.c + y * s.h + x * s.w] = from_acc<T>(value);
+}
+
+// ---------------------------------------------- implicit GEMM, SIMT (fp32/64) --
+
+// A BM x BN tile of C per block of 256 threads in a 16 x 16 grid; thread
+// (ty, tx) owns rows ty + 16 i and columns tx + 16 j, so shared-memory reads
+// of B are conflict-free and reads of A are broadcasts. The K loop runs over
+// taps, and a tap none of whose BM rows reads inside the image is skipped by
+// the whole block (the padding skip); within a tap, over BK channels at a time.
+template <typename T, int BM, int BN, int BK, bool kGradInput>
+__global__ void __launch_bounds__(256)
+    implicit_gemm_simt_kernel(const ImplicitGemmArgs args) {
+  using acc_t = typename AccType<T>::type;
+  constexpr int TM = BM / 16, TN = BN / 16;
+  const ConvParams& p = args.conv;
+  const GemmShape<kGradInput> shape(p);
+  const T* a = static_cast<const T*>(args.a);
+  const T* b = static_cast<const T*>(args.b);
+  const int64_t group = blockIdx.z;
+  const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+
+  __shared__ acc_t As[BK][BM + 4];
+  __shared__ acc_t Bs[BK][BN + 4];
+  __shared__ int64_t row_offset[BM];
+
+  acc_t acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = acc_t(0);
+
+  for (int64_t kh = 0; kh < p.kernel_height; ++kh) {
+    for (int64_t kw = 0; kw < p.kernel_width; ++kw) {
+      const int64_t tap = kh * p.kernel_width + kw;
+      int any_valid = 0;
+      for (int r = tid; r < BM; r += blockDim.x) {
+        const int64_t m = m0 + r;
+        int64_t off = -1;
+        if (m < shape.M) {
+          const int64_t x = m % shape.rows_x, y = (m / shape.rows_x) % shape.rows_y;
+          const int64_t n = m / (shape.rows_x * shape.rows_y);
+          off = gather_row_offset<kGradInput>(p, n, y, x, kh, kw, group);
+        }
+        row_offset[r] = off;
+        any_valid |= off >= 0;
+      }
+      if (!__syncthreads_or(any_valid)) continue;  // the whole tile reads padding
+      const T* b_tap = b + (group * p.taps() + tap) * shape.depth * args.b_cols;
+      for (int64_t c0 = 0; c0 < shape.depth; c0 += BK) {
+        for (int e = tid; e < BM * BK; e += blockDim.x) {
+          const int r = e / BK, kk = e % BK;
+          const int64_t off = row_offset[r], c = c0 + kk;
+          As[kk][r] = (off >= 0 && c < shape.depth) ? to_acc(a[off + c]) : acc_t(0);
+        }
+        for (int e = tid; e < BK * BN; e += blockDim.x) {
+          const int kk = e / BN, nn = e % BN;
+          const int64_t k = c0 + kk, col = n0 + nn;
+          Bs[kk][nn] = (k < shape.depth && col < args.b_cols) ? to_acc(b_tap[k * args.b_cols + col])
+                                                               : acc_t(0);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+          acc_t a_frag[TM], b_frag[TN];
+#pragma unroll
+          for (int i = 0; i < TM; ++i) a_frag[i] = As[kk][ty + 16 * i];
+#pragma unroll
+          for (int j = 0; j < TN; ++j) b_frag[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+          for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] = fma(a_frag[i], b_frag[j], acc[i][j]);
+        }
+        __syncthreads();
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      const int64_t m = m0 + ty + 16 * i, col = n0 + tx + 16 * j;
+      if (m < shape.M && col < shape.cols)
+        store_result<kGradInput, T>(args, shape, m, col, group, acc[i][j]);
+    }
+}
+
+// ------------------------------------- implicit GEMM, tensor cores (fp16/bf16) --
+
+// 128 x 128 tile per block, BK = 32; 8 warps in a 4 x 2 grid, each owning a
+// 32 x 64 slab of C as 2 x 4 WMMA 16x16x16 fragments with fp32 accumulators.
+// A is staged row-major (BM x BK), B row-major (BK x BN); rows are padded by
+// 8 elements (16 bytes) so fragment loads do not all hit the same banks.
+namespace wmma = nvcuda::wmma;
+constexpr int kTcBM = 128, kTcBN = 128, kTcBK = 32, kTcPad = 8;
+
+// Loads 8 consecutive elements (16 bytes) when allowed, else one at a time
+// with bounds; `limit` is the number of valid elements from `src`.
+template <typename T>
+__device__ __forceinline__ void load8(T* dst, const T* src, int64_t limit, bool vector_ok) {
+  if (vector_ok && limit >= 8) {
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) dst[i] = i < limit ? src[i] : zero_value<T>();
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void zero8(T* dst) {
+  *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+}
+
+template <typename T, bool kGradInput>
+__global__ void __launch_bounds__(256)
+    implicit_gemm_tc_kernel(const ImplicitGemmArgs args) {
+  const ConvParams& p = args.conv;
+  const GemmShape<kGradInput> shape(p);
+  const T* a = static_cast<const T*>(args.a);
+  const T* b = static_cast<const T*>(args.b);
+  const int64_t group = blockIdx.z;
+  const int64_t m0 = int64_t(blockIdx.x) * kTcBM, n0 = int64_t(blockIdx.y) * kTcBN;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int warp_m = warp / 2, warp_n = warp % 2;
+
+  __shared__ __align__(128) T As[kTcBM][kTcBK + kTcPad];
+  __shared__ __align__(128) T Bs[kTcBK][kTcBN + kTcPad];
+  __shared__ __align__(128) float scratch[8][16 * 16];
+  __shared__ int64_t row_offset[kTcBM];
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  for (int64_t kh = 0; kh < p.kernel_height; ++kh) {
+    for (int64_t kw = 0; kw < p.kernel_width; ++kw) {
+      const int64_t tap = kh * p.kernel_width + kw;
+      int any_valid = 0;
+      for (int r = tid; r < kTcBM; r += blockDim.x) {
+        const int64_t m = m0 + r;
+        int64_t off = -1;
+        if (m < shape.M) {
+          const int64_t x = m % shape.rows_x, y = (m / shape.rows_x) % shape.rows_y;
+          const int64_t n = m / (shape.rows_x * shape.rows_y);
+          off = gather_row_offset<kGradInput>(p, n, y, x, kh, kw, group);
+        }
+        row_offset[r] = off;
+        any_valid |= off >= 0;
+      }
+      if (!__syncthreads_or(any_valid)) continue;  // the whole tile reads padding
+      const T* b_tap = b + (group * p.taps() + tap) * shape.depth * args.b_cols;
+      for (int64_t c0 = 0; c0 < shape.depth; c0 += kTcBK) {
+        // A: 128 rows x 32 channels = 512 chunks of 8.
+        for (int e = tid; e < kTcBM * (kTcBK / 8); e += blockDim.x) {
+          const int r = e / (kTcBK / 8), q = (e % (kTcBK / 8)) * 8;
+          const int64_t off = row_offset[r], c = c0 + q;
+          if (off >= 0 && c < shape.depth)
+            load8(&As[r][q], a + off + c, shape.depth - c, args.a_vector_ok);
+          else
+            zero8(&As[r][q]);
+        }
+        // B: 32 rows x 128 columns = 512 chunks of 8; packed rows are padded
+        // to b_cols (a multiple of 8) on a fresh allocation, so always aligned.
+        for (int e = tid; e < kTcBK * (kTcBN / 8); e += blockDim.x) {
+          const int kk = e / (kTcBN / 8), q = (e % (kTcBN / 8)) * 8;
+          const int64_t k = c0 + kk, col = n0 + q;
+          if (k < shape.depth && col < args.b_cols)
+            load8(&Bs[kk][q], b_tap + k * args.b_cols + col, args.b_cols - col, true);
+          else
+            zero8(&Bs[kk][q]);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < kTcBK; kk += 16) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a_frag[2];
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b_frag[4];
+#pragma unroll
+          for (int i = 0; i < 2; ++i)
+            wmma::load_matrix_sync(a_frag[i], &As[warp_m * 32 + i * 16][kk], kTcBK + kTcPad);
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            wmma::load_matrix_sync(b_frag[j], &Bs[kk][warp_n * 64 + j * 16], kTcBN + kTcPad);
+#pragma unroll
+          for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) wmma::mma_sync(acc[i][j], a_frag[i], b_frag[j], acc[i][j]);
+        }
+        __syncthreads();
+      }
+    }
+  }
+  // Epilogue: each warp stages one 16x16 fragment at a time in its own scratch.
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      wmma::store_matrix_sync(scratch[warp], acc[i][j], 16, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int64_t m = m0 + warp_m * 32 + i * 16 + e / 16;
+        const int64_t col = n0 + warp_n * 64 + j * 16 + e % 16;
+        if (m < shape.M && col < shape.cols)
+          store_result<kGradInput, T>(args, shape, m, col, group, scratch[warp][e]);
+      }
+      __syncwarp();
+    }
+}
+
+template <typename scalar_t, bool kGradInput>
+void launch_implicit_gemm(const ImplicitGemmArgs& args) {
+  using T = typename DeviceType<scalar_t>::type;
+  const GemmShape<kGradInput> shape(args.conv);
+  if (shape.M == 0 || shape.cols == 0) return;
+  constexpr bool kTensorCores = sizeof(T) == 2;
+  if constexpr (kTensorCores) {
+    const int64_t gx = ceil_div_host(shape.M, kTcBM), gy = ceil_div_host(shape.cols, kTcBN);
+    check_grid(gx, gy, args.conv.groups, "implicit GEMM");
+    implicit_gemm_tc_kernel<T, kGradInput>
+        <<<grid3(gx, gy, args.conv.groups), 256, 0, args.stream>>>(args);
+  } else {
+    constexpr int BM = sizeof(T) == 8 ? 64 : 128, BN = BM, BK = 8;
+    const int64_t gx = ceil_div_host(shape.M, BM), gy = ceil_div_host(shape.cols, BN);
+    check_grid(gx, gy, args.conv.groups, "implicit GEMM");
+    implicit_gemm_simt_kernel<T, BM, BN, BK, kGradInput>
+        <<<grid3(gx, gy, args.conv.groups), 256, 0, args.stream>>>(args);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// ------------------------------------------------------------- grad_weight --
+
+// For one (group, tap) the reduction runs over the valid output pixels of
+// that tap, a rectangle per image (valid_out_range on each axis):
+//   pixel k -> (n, oh, ow),  k = (n * rows_h + (oh - oh0)) * rows_w + (ow - ow0).
+struct TapPixels {
+  int64_t oh0, ow0, rows_h, rows_w, count;
+  __device__ TapPixels(const ConvParams& p, int64_t kh, int64_t kw) {
+    const IndexRange h =
+        valid_out_range(p.in_height, p.out_height, kh, p.stride_h, p.pad_top, p.dilation_h);
+    const IndexRange w =
+        valid_out_range(p.in_width, p.out_width, kw, p.stride_w, p.pad_left, p.dilation_w);
+    oh0 = h.begin;
+    ow0 = w.begin;
+    rows_h = h.size();
+    rows_w = w.size();
+    count = p.batch * rows_h * rows_w;
+  }
+};
+
+// Offsets (channel 0 of the group) of pixel k in grad_output and in the input.
+__device__ __forceinline__ void tap_pixel_offsets(const ConvParams& p, const TapPixels& tp,
+                                                  int64_t kh, int64_t kw, int64_t group,
+                                                  int64_t k, int64_t* gy_off, int64_t* x_off) {
+  const int64_t ow = tp.ow0 + k % tp.rows_w;
+  const int64_t oh = tp.oh0 + (k / tp.rows_w) % tp.rows_h;
+  const int64_t n = k / (tp.rows_w * tp.rows_h);
+  const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
+  const int64_t iw = input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w);
+  *gy_off = ((n * p.out_height + oh) * p.out_width + ow) * p.out_channels +
+            group * p.out_channels_per_group();
+  *x_off = ((n * p.in_height + ih) * p.in_width + iw) * p.in_channels +
+           group * p.in_channels_per_group();
+}
+
+// The pixel range of split s: fixed by the shapes alone.
+__device__ __forceinline__ void split_range(int64_t count, int64_t splits, int64_t s, int64_t* begin,
+                                            int64_t* end) {
+  const int64_t per = (count + splits - 1) / splits;
+  *begin = s * per < count ? s * per : count;
+  *end = (s + 1) * per < count ? (s + 1) * per : count;
+}
+
+// Block index x enumerates (group, tap, co tile, ci tile); y is the split.
+// C[co][ci] of the partial for (split, group*taps + tap) is written row-major.
+template <typename T, int BM, int BN, int BK>
+__global__ void __launch_bounds__(256) grad_weight_simt_kernel(const GradWeightArgs args) {
+  using acc_t = typename AccType<T>::type;
+  constexpr int TM = BM / 16, TN = BN / 16;
+  const ConvParams& p = args.conv;
+  const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
+  const int64_t tiles_m = (cog + BM - 1) / BM, tiles_n = (cig + BN - 1) / BN;
+  int64_t bx = blockIdx.x;
+  const int64_t tile_n = bx % tiles_n;
+  bx /= tiles_n;
+  const int64_t tile_m = bx % tiles_m;
+  bx /= tiles_m;
+  const int64_t tap = bx % p.taps(), group = bx / p.taps();
+  const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
+  const int64_t m0 = tile_m * BM, n0 = tile_n * BN;
+  const T* gy = static_cast<const T*>(args.grad_output);
+  const T* x = static_cast<const T*>(args.input);
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+
+  __shared__ acc_t As[BK][BM + 4];
+  __shared__ acc_t Bs[BK][BN + 4];
+  __shared__ int64_t gy_off[BK], x_off[BK];
+
+  acc_t acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = acc_t(0);
+
+  const TapPixels tp(p, kh, kw);
+  int64_t k_begin, k_end;
+  split_range(tp.count, args.splits, blockIdx.y, &k_begin, &k_end);
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
+    if (tid < BK) {
+      if (k0 + tid < k_end) {
+        tap_pixel_offsets(p, tp, kh, kw, group, k0 + tid, &gy_off[tid], &x_off[tid]);
+      } else {
+        gy_off[tid] = -1;
+        x_off[tid] = -1;
+      }
+    }
+    __syncthreads();
+    for (int e = tid; e < BK * BM; e += blockDim.x) {
+      const int kk = e / BM, mm = e % BM;
+      const int64_t co = m0 + mm;
+      As[kk][mm] = (gy_off[kk] >= 0 && co < cog) ? to_acc(gy[gy_off[kk] + co]) : acc_t(0);
+    }
+    for (int e = tid; e < BK * BN; e += blockDim.x) {
+      const int kk = e / BN, nn = e % BN;
+      const int64_t ci = n0 + nn;
+      Bs[kk][nn] = (x_off[kk] >= 0 && ci < cig) ? to_acc(x[x_off[kk] + ci]) : acc_t(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      acc_t a_frag[TM], b_frag[TN];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) a_frag[i] = As[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < TN; ++j) b_frag[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = fma(a_frag[i], b_frag[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+  acc_t* partial = static_cast<acc_t*>(args.partials) +
+                   ((int64_t(blockIdx.y) * p.groups + group) * p.taps() + tap) * cog * cig;
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      const int64_t co = m0 + ty + 16 * i, ci = n0 + tx + 16 * j;
+      if (co < cog && ci < cig) partial[co * cig + ci] = acc[i][j];
+    }
+}
+
+// Tensor-core grad_weight: A = grad_y^T staged column-major (As[k][co]),
+// B = x staged row-major (Bs[k][ci]); 128 x 128 tile, BK = 32 pixels.
+template <typename T>
+__global__ void __launch_bounds__(256) grad_weight_tc_kernel(const GradWeightArgs args) {
+  const ConvParams& p = args.conv;
+  const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
+  const int64_t tiles_m = (cog + kTcBM - 1) / kTcBM, tiles_n = (cig + kTcBN - 1) / kTcBN;
+  int64_t bx = blockIdx.x;
+  const int64_t tile_n = bx % tiles_n;
+  bx /= tiles_n;
+  const int64_t tile_m = bx % tiles_m;
+  bx /= tiles_m;
+  const int64_t tap = bx % p.taps(), group = bx / p.taps();
+  const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
+  const int64_t m0 = tile_m * kTcBM, n0 = tile_n * kTcBN;
+  const T* gy = static_cast<const T*>(args.grad_output);
+  const T* x = static_cast<const T*>(args.input);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int warp_m = warp / 2, warp_n = warp % 2;
+
+  __shared__ __align__(128) T As[kTcBK][kTcBM + kTcPad];
+  __shared__ __align__(128) T Bs[kTcBK][kTcBN + kTcPad];
+  __shared__ __align__(128) float scratch[8][16 * 16];
+  __shared__ int64_t gy_off[kTcBK], x_off[kTcBK];
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  const TapPixels tp(p, kh, kw);
+  int64_t k_begin, k_end;
+  split_range(tp.count, args.splits, blockIdx.y, &k_begin, &k_end);
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTcBK) {
+    if (tid < kTcBK) {
+      if (k0 + tid < k_end) {
+        tap_pixel_offsets(p, tp, kh, kw, group, k0 + tid, &gy_off[tid], &x_off[tid]);
+      } else {
+        gy_off[tid] = -1;
+        x_off[tid] = -1;
+      }
+    }
+    __syncthreads();
+    for (int e = tid; e < kTcBK * (kTcBM / 8); e += blockDim.x) {
+      const int kk = e / (kTcBM / 8), q = (e % (kTcBM / 8)) * 8;
+      const int64_t co = m0 + q;
+      if (gy_off[kk] >= 0 && co < cog)
+        load8(&As[kk][q], gy + gy_off[kk] + co, cog - co, args.vector_ok);
+      else
+        zero8(&As[kk][q]);
+    }
+    for (int e = tid; e < kTcBK * (kTcBN / 8); e += blockDim.x) {
+      const int kk = e / (kTcBN / 8), q = (e % (kTcBN / 8)) * 8;
+      const int64_t ci = n0 + q;
+      if (x_off[kk] >= 0 && ci < cig)
+        load8(&Bs[kk][q], x + x_off[kk] + ci, cig - ci, args.vector_ok);
+      else
+        zero8(&Bs[kk][q]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTcBK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> a_frag[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b_frag[4];
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        wmma::load_matrix_sync(a_frag[i], &As[kk][warp_m * 32 + i * 16], kTcBM + kTcPad);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        wmma::load_matrix_sync(b_frag[j], &Bs[kk][warp_n * 64 + j * 16], kTcBN + kTcPad);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) wmma::mma_sync(acc[i][j], a_frag[i], b_frag[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+  float* partial = static_cast<float*>(args.partials) +
+                   ((int64_t(blockIdx.y) * p.groups + group) * p.taps() + tap) * cog * cig;
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      wmma::store_matrix_sync(scratch[warp], acc[i][j], 16, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int64_t co = m0 + warp_m * 32 + i * 16 + e / 16;
+        const int64_t ci = n0 + warp_n * 64 + j * 16 + e % 16;
+        if (co < cog && ci < cig) partial[co * cig + ci] = scratch[warp][e];
+      }
+      __syncwarp();
+    }
+}
+
+// grad_w[g*Cog + co][ci][kh][kw] = sum over s, in order, of partial[s][g*taps + tap][co][ci].
+template <typename T>
+__global__ void grad_weight_reduce_kernel(const GradWeightArgs args) {
+  using acc_t = typename AccType<T>::type;
+  const ConvParams& p = args.conv;
+  const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
+  const int64_t per_split = p.groups * p.taps() * cog * cig;
+  const acc_t* partials = static_cast<const acc_t*>(args.partials);
+  T* out = static_cast<T*>(args.grad_weight);
+  const Strides4& s = args.weight_strides;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < per_split;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    acc_t sum = 0;
+    for (int64_t split = 0; split < args.splits; ++split) sum += partials[split * per_split + e];
+    const int64_t ci = e % cig, co = (e / cig) % cog, tap = (e / (cig * cog)) % p.taps();
+    const int64_t group = e / (cig * cog * p.taps());
+    const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
+    out[(group * cog + co) * s.n + ci * s.c + kh * s.h + kw * s.w] = from_acc<T>(sum);
+  }
+}
+
+// Blocks for a grid-stride loop over n elements (capped; the loop covers the rest).
+inline dim3 elementwise_blocks(int64_t n, int threads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  const int64_t cap = int64_t(1) << 20;
+  return dim3(static_cast<unsigned>(blocks < 1 ? 1 : (blocks > cap ? cap : blocks)));
+}
+
+template <typename scalar_t>
+void launch_grad_weight_impl(const GradWeightArgs& args) {
+  using T = typename DeviceType<scalar_t>::type;
+  const ConvParams& p = args.conv;
+  const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
+  if constexpr (sizeof(T) == 2) {
+    const int64_t tiles = ceil_div_host(cog, kTcBM) * ceil_div_host(cig, kTcBN);
+    const int64_t gx = tiles * p.groups * p.taps();
+    check_grid(gx, args.splits, 1, "grad_weight");
+    grad_weight_tc_kernel<T><<<grid3(gx, args.splits, 1), 256, 0, args.stream>>>(args);
+  } else {
+    constexpr int BM = sizeof(T) == 8 ? 64 : 128, BN = BM, BK = 8;
+    const int64_t tiles = ceil_div_host(cog, BM) * ceil_div_host(cig, BN);
+    const int64_t gx = tiles * p.groups * p.taps();
+    check_grid(gx, args.splits, 1, "grad_weight");
+    grad_weight_simt_kernel<T, BM, BN, BK><<<grid3(gx, args.splits, 1), 256, 0, args.stream>>>(args);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t total = p.groups * p.taps() * cog * cig;
+  grad_weight_reduce_kernel<T><<<elementwise_blocks(total, 256), 256, 0, args.stream>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// --------------------------------------------------------------- depthwise --
+
+// One thread per output element, channel fastest (NHWC order), so loads of
+// the input and of the weight are coalesced. Out channel c reads input
+// channel c / mult.
+template <typename T>
+__global__ void depthwise_forward_kernel(const DirectArgs args) {
+  using acc_t = typename AccType<T>::type;
+  const ConvParams& p = args.conv;
+  const T* x = static_cast<const T*>(args.a);
+  const T* w = static_cast<const T*>(args.b);  // [Cout][taps]
+  const T* bias = static_cast<const T*>(args.bias);
+  T* out = static_cast<T*>(args.out);
+  const int64_t mult = p.out_channels_per_group();
+  const int64_t total = p.batch * p.out_height * p.out_width * p.out_channels;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = e % p.out_channels;
+    const int64_t ow = (e / p.out_channels) % p.out_width;
+    const int64_t oh = (e / (p.out_channels * p.out_width)) % p.out_height;
+    const int64_t n = e / (p.out_channels * p.out_width * p.out_height);
+    acc_t sum = bias ? to_acc(bias[c]) : acc_t(0);
+    for (int64_t kh = 0; kh < p.kernel_height; ++kh) {
+      const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
+      if (ih < 0 || ih >= p.in_height) continue;
+      for (int64_t kw = 0; kw < p.kernel_width; ++kw) {
+        const int64_t iw = input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w);
+        if (iw < 0 || iw >= p.in_width) continue;
+        sum += to_acc(x[((n * p.in_height + ih) * p.in_width + iw) * p.in_channels + c / mult]) *
+               to_acc(w[c * p.taps() + kh * p.kernel_width + kw]);
+      }
+    }
+    const Strides4& s = args.out_strides;
+    out[n * s.n + c * s.c + oh * s.h + ow * s.w] = from_acc<T>(sum);
+  }
+}
+
+// One thread per input element: grad_x[.., c] = sum over taps and j < mult of
+// grad_y[(oh, ow) reading this pixel, c*mult + j] * w[c*mult + j][tap].
+template <typename T>
+__global__ void depthwise_grad_input_kernel(const DirectArgs args) {
+  using acc_t = typename AccType<T>::type;
+  const ConvParams& p = args.conv;
+  const T* gy = static_cast<const T*>(args.a);
+  const T* w = static_cast<const T*>(args.b);
+  T* out = static_cast<T*>(args.out);
+  const int64_t mult = p.out_channels_per_group();
+  const int64_t total = p.batch * p.in_height * p.in_width * p.in_channels;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = e % p.in_channels;
+    const int64_t iw = (e / p.in_channels) % p.in_width;
+    const int64_t ih = (e / (p.in_channels * p.in_width)) % p.in_height;
+    const int64_t n = e / (p.in_channels * p.in_width * p.in_height);
+    acc_t sum = 0;
+    for (int64_t kh = 0; kh < p.kernel_height; ++kh) {
+      const int64_t oh =
+          output_index_for_input(ih, p.out_height, kh, p.stride_h, p.pad_top, p.dilation_h);
+      if (oh < 0) continue;
+      for (int64_t kw = 0; kw < p.kernel_width; ++kw) {
+        const int64_t ow =
+            output_index_for_input(iw, p.out_width, kw, p.stride_w, p.pad_left, p.dilation_w);
+        if (ow < 0) continue;
+        const T* g_px = gy + ((n * p.out_height + oh) * p.out_width + ow) * p.out_channels;
+        for (int64_t j = 0; j < mult; ++j)
+          sum += to_acc(g_px[c * mult + j]) *
+                 to_acc(w[(c * mult + j) * p.taps() + kh * p.kernel_width + kw]);
+      }
+    }
+    const Strides4& s = args.out_strides;
+    out[n * s.n + c * s.c + ih * s.h + iw * s.w] = from_acc<T>(sum);
+  }
+}
+
+// Channel-tile reductions over pixels (depthwise grad_weight, grad_bias):
+// a block owns 32 channels; its 8 warps' worth of lanes (lane = channel,
+// row = threadIdx.x / 32) stride over the pixels in a fixed order, then the
+// 8 row sums are added in order. No atomics, so the result is reproducible.
+constexpr int kReduceChannels = 32, kReduceRows = 8;
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t ordered_block_sum(acc_t partial, acc_t (*rows)[kReduceChannels]) {
+  const int lane = threadIdx.x % kReduceChannels, row = threadIdx.x / kReduceChannels;
+  rows[row][lane] = partial;
+  __syncthreads();
+  acc_t total = 0;
+  if (row == 0)
+    for (int r = 0; r < kReduceRows; ++r) total += rows[r][lane];
+  return total;
+}
+
+// grad_w[c][0][kh][kw] = sum over the tap's valid pixels of grad_y[.., c] * x[.., c / mult].
+template <typename T>
+__global__ void __launch_bounds__(kReduceChannels * kReduceRows)
+    depthwise_grad_weight_kernel(const DirectArgs args) {
+  using acc_t = typename AccType<T>::type;
+  __shared__ acc_t rows[kReduceRows][kReduceChannels];
+  const ConvParams& p = args.conv;
+  const T* gy = static_cast<const T*>(args.a);
+  const T* x = static_cast<const T*>(args.b);
+  const int64_t tiles = (p.out_channels + kReduceChannels - 1) / kReduceChannels;
+  const int64_t tap = blockIdx.x / tiles;
+  const int64_t c = (blockIdx.x % tiles) * kReduceChannels + threadIdx.x % kReduceChannels;
+  const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
+  const int64_t mult = p.out_channels_per_group();
+  const TapPixels tp(p, kh, kw);
+  acc_t sum = 0;
+  if (c < p.out_channels) {
+    for (int64_t k = threadIdx.x / kReduceChannels; k < tp.count; k += kReduceRows) {
+      const int64_t ow = tp.ow0 + k % tp.rows_w;
+      const int64_t oh = tp.oh0 + (k / tp.rows_w) % tp.rows_h;
+      const int64_t n = k / (tp.rows_w * tp.rows_h);
+      const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
+      const int64_t iw = input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w);
+      sum += to_acc(gy[((n * p.out_height + oh) * p.out_width + ow) * p.out_channels + c]) *
+             to_acc(x[((n * p.in_height + ih) * p.in_width + iw) * p.in_channels + c / mult]);
+    }
+  }
+  const acc_t total = ordered_block_sum(sum, rows);
+  if (threadIdx.x < kReduceChannels && c < p.out_channels) {
+    const Strides4& s = args.out_strides;
+    static_cast<T*>(args.out)[c * s.n + kh * s.h + kw * s.w] = from_acc<T>(total);
+  }
+}
+
+// grad_b[c] = sum over (n, oh, ow) of grad_y[.., c].
+template <typename T>
+__global__ void __launch_bounds__(kReduceChannels * kReduceRows)
+    grad_bias_kernel(const DirectArgs args) {
+  using acc_t = typename AccType<T>::type;
+  __shared__ acc_t rows[kReduceRows][kReduceChannels];
+  const ConvParams& p = args.conv;
+  const T* gy = static_cast<const T*>(args.a);
+  const int64_t c = int64_t(blockIdx.x) * kReduceChannels + threadIdx.x % kReduceChannels;
+  const int64_t pixels = p.batch * p.out_height * p.out_width;
+  acc_t sum = 0;
+  if (c < p.out_channels)
+    for (int64_t k = threadIdx.x / kReduceChannels; k < pixels; k += kReduceRows)
+      sum += to_acc(gy[k * p.out_channels + c]);
+  const acc_t total = ordered_block_sum(sum, rows);
+  if (threadIdx.x < kReduceChannels && c < p.out_channels)
+    static_cast<T*>(args.out)[c * args.out_strides.n] = from_acc<T>(total);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------ launchers --
+
+template <typename scalar_t>
+void launch_implicit_gemm_forward(const ImplicitGemmArgs& args) {
+  launch_implicit_gemm<scalar_t, false>(args);
+}
+
+template <typename scalar_t>
+void launch_implicit_gemm_grad_input(const ImplicitGemmArgs& args) {
+  launch_implicit_gemm<scalar_t, true>(args);
+}
+
+template <typename scalar_t>
+void launch_grad_weight(const GradWeightArgs& args) {
+  launch_grad_weight_impl<scalar_t>(args);
+}
+
+template <typename scalar_t>
+void launch_depthwise_forward(const DirectArgs& args) {
+  using T = typename DeviceType<scalar_t>::type;
+  const ConvParams& p = args.conv;
+  const int64_t total = p.batch * p.out_height * p.out_width * p.out_channels;
+  if (total == 0) return;
+  depthwise_forward_kernel<T><<<elementwise_blocks(total, 256), 256, 0, args.stream>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t>
+void launch_depthwise_grad_input(const DirectArgs& args) {
+  using T = typename DeviceType<scalar_t>::type;
+  const ConvParams& p = args.conv;
+  const int64_t total = p.batch * p.in_height * p.in_width * p.in_channels;
+  if (total == 0) return;
+  depthwise_grad_input_kernel<T><<<elementwise_blocks(total, 256), 256, 0, args.stream>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t>
+void launch_depthwise_grad_weight(const DirectArgs& args) {
+  using T = typename DeviceType<scalar_t>::type;
+  const ConvParams& p = args.conv;
+  const int64_t blocks = p.taps() * ceil_div_host(p.out_channels, kReduceChannels);
+  check_grid(blocks, 1, 1, "depthwise grad_weight");
+  depthwise_grad_weight_kernel<T>
+      <<<grid3(blocks, 1, 1), kReduceChannels * kReduceRows, 0, args.stream>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t>
+void launch_grad_bias(const DirectArgs& args) {
+  using T = typename DeviceType<scalar_t>::type;
+  const int64_t blocks = ceil_div_host(args.conv.out_channels, kReduceChannels);
+  check_grid(blocks, 1, 1, "grad_bias");
+  grad_bias_kernel<T><<<grid3(blocks, 1, 1), kReduceChannels * kReduceRows, 0, args.stream>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+#define ATROUS_INSTANTIATE_CUDA_LAUNCHERS(scalar_t)                               \
+  template void launch_implicit_gemm_forward<scalar_t>(const ImplicitGemmArgs&);    \
+  template void launch_implicit_gemm_grad_input<scalar_t>(const ImplicitGemmArgs&); \
+  template void launch_grad_weight<scalar_t>(const GradWeightArgs&);                \
+  template void launch_depthwise_forward<scalar_t>(const DirectArgs&);              \
+  template void launch_depthwise_grad_input<scalar_t>(const DirectArgs&);           \
+  template void launch_depthwise_grad_weight<scalar_t>(const DirectArgs&);          \
+  template void launch_grad_bias<scalar_t>(const DirectArgs&);
+
+}  // namespace cuda
+}  // namespace atrous
