@@ -23,6 +23,11 @@ def output_memory_format(input, weight):
     return torch.contiguous_format
 
 
+def _empty_like_in(t, shape, memory_format):
+    # Tensor.new_empty takes no memory_format, so go through torch.empty.
+    return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=memory_format)
+
+
 def _out_size(size, pad_before, pad_after, kernel, stride, dilation):
     # Same formula as conv_out_size in csrc/atrous_index.h.
     return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
@@ -40,17 +45,16 @@ def _conv_forward_fake(input, weight, bias, stride, padding, dilation, groups):
     out_h = _out_size(input.shape[2], padding[0], padding[1], weight.shape[2], stride[0], dilation[0])
     out_w = _out_size(input.shape[3], padding[2], padding[3], weight.shape[3], stride[1], dilation[1])
     torch._check(out_h > 0 and out_w > 0, lambda: "atrous_conv: kernel larger than the padded input")
-    return input.new_empty(
-        (input.shape[0], weight.shape[0], out_h, out_w),
-        memory_format=output_memory_format(input, weight),
+    return _empty_like_in(
+        input, (input.shape[0], weight.shape[0], out_h, out_w), output_memory_format(input, weight)
     )
 
 
 @torch.library.register_fake("atrous::conv_backward")
 def _conv_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
     fmt = output_memory_format(input, weight)
-    grad_input = input.new_empty(input.shape, memory_format=fmt) if output_mask[0] else input.new_empty((0,))
-    grad_weight = weight.new_empty(weight.shape, memory_format=fmt) if output_mask[1] else weight.new_empty((0,))
+    grad_input = _empty_like_in(input, input.shape, fmt) if output_mask[0] else input.new_empty((0,))
+    grad_weight = _empty_like_in(weight, weight.shape, fmt) if output_mask[1] else weight.new_empty((0,))
     grad_bias = weight.new_empty((weight.shape[0],)) if output_mask[2] else weight.new_empty((0,))
     return grad_input, grad_weight, grad_bias
 

@@ -164,10 +164,18 @@ def run_layer(layer, dilation, device, dtype, warmup, reps, memory_format=torch.
     ):
         t_ours = _time(ours, torch.device(device), warmup, reps)
         t_torch = _time(theirs, torch.device(device), warmup, reps)
+        t_det = float("nan")
+        if device == "cuda":
+            # torch's deterministic mode: cuDNN restricted to deterministic algorithms.
+            torch.backends.cudnn.deterministic = True
+            try:
+                t_det = _time(theirs, torch.device(device), warmup, reps)
+            finally:
+                torch.backends.cudnn.deterministic = False
         results.append(dict(
             layer=layer.name, dilation=dilation, direction=direction, ours_ms=t_ours * 1e3,
             torch_ms=t_torch * 1e3, ratio=t_torch / t_ours, gflops=2 * macs / t_ours / 1e9,
-            error=errors[direction], ok=errors[direction] <= TOLERANCE[dtype],
+            det_ratio=t_det / t_ours, error=errors[direction], ok=errors[direction] <= TOLERANCE[dtype],
         ))
     return results
 
@@ -179,27 +187,35 @@ def _geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def format_table(device_name, dtype, rows):
+def format_table(device_name, dtype, rows, gpu=False):
     lines = [
         f"### {device_name}, {str(dtype).replace('torch.', '')}",
         "",
-        "| layer | dilation | direction | ours ms | torch ms | torch/ours | useful GFLOP/s | rel. error | check |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| layer | dilation | direction | ours ms | torch ms | torch/ours | useful "
+        + ("TFLOP/s | torch det./ours" if gpu else "GFLOP/s") + " | rel. error | check |",
+        "|---|---|---|---|---|---|---|" + ("---|" if gpu else "") + "---|---|",
     ]
     for r in rows:
+        rate = f"{r['gflops'] / 1e3:.1f} | {r['det_ratio']:.2f}" if gpu else f"{r['gflops']:.1f}"
         lines.append(
             f"| {r['layer']} | {r['dilation']} | {r['direction']} | {r['ours_ms']:.3f} | {r['torch_ms']:.3f} | "
-            f"{r['ratio']:.2f} | {r['gflops']:.1f} | {r['error']:.1e} | {'ok' if r['ok'] else 'FAIL'} |"
+            f"{r['ratio']:.2f} | {rate} | {r['error']:.1e} | {'ok' if r['ok'] else 'FAIL'} |"
         )
+    lines.append("")
     for direction in ("forward", "grad_input", "grad_weight"):
         sel = [r["ratio"] for r in rows if r["direction"] == direction]
-        lines.append(f"\ngeometric mean torch/ours, {direction}: {_geomean(sel):.2f}")
+        lines.append(f"- geometric mean torch/ours, {direction}: {_geomean(sel):.2f}")
     fwd_bwd = {}
     for r in rows:
         key = (r["layer"], r["dilation"])
         o, t = fwd_bwd.get(key, (0.0, 0.0))
         fwd_bwd[key] = (o + r["ours_ms"], t + r["torch_ms"])
-    lines.append(f"geometric mean torch/ours, forward+backward: {_geomean([t / o for o, t in fwd_bwd.values()]):.2f}")
+    lines.append(f"- geometric mean torch/ours, forward+backward: {_geomean([t / o for o, t in fwd_bwd.values()]):.2f}")
+    high_rate = [r["ratio"] for r in rows if r["dilation"] >= 12]
+    if high_rate:
+        lines.append(f"- geometric mean torch/ours on rows with rate >= 12: {_geomean(high_rate):.2f}")
+    if gpu:
+        lines.append(f"- geometric mean torch deterministic/ours: {_geomean([r['det_ratio'] for r in rows]):.2f}")
     return "\n".join(lines)
 
 
@@ -268,7 +284,7 @@ def main(argv=None):
                               f"  torch {r['torch_ms']:9.3f} ms  x{r['ratio']:.2f}  {r['gflops']:8.1f} GFLOP/s"
                               f"  err {r['error']:.1e} {'ok' if r['ok'] else 'FAIL'}", flush=True)
             failures += sum(not r["ok"] for r in rows)
-            table = format_table(name, dtype, rows)
+            table = format_table(name, dtype, rows, gpu=device == "cuda")
             print("\n" + table + "\n", flush=True)
             sections += [table, ""]
     if args.report:

@@ -3,10 +3,9 @@
 The swapped modules keep the very same Parameter and buffer objects, forward
 and backward hooks, weight_norm/parametrize parametrizations, device, dtype
 and memory format: only the class changes. With inplace=False the original
-model is left untouched; the new tree shares its parameters.
+model is left untouched: the new tree has its own module objects and
+containers, holding the very same Parameters, buffers and hooks.
 """
-import copy
-
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -27,9 +26,22 @@ def _base_class(module):
     return cls
 
 
-def _with_class(module, new_base):
+def _shallow_state(module, inplace):
+    """module.__dict__ for a new module object. With inplace=False the
+    containers (parameter, buffer, hook and child dicts) are copied, so the new
+    object can be changed without touching the original, while every Parameter,
+    buffer and hook in them is the very same object."""
+    state = module.__dict__.copy()
+    if not inplace:
+        for key, value in state.items():
+            if isinstance(value, (dict, set)):
+                state[key] = value.copy()
+    return state
+
+
+def _with_class(module, new_base, inplace):
     """A new module object of class `new_base` (or its parametrized variant)
-    that shares every attribute of `module`."""
+    holding the same Parameters, buffers, hooks and parametrizations."""
     cls = type(module)
     new_cls = new_base
     if cls is not _base_class(module):
@@ -38,7 +50,7 @@ def _with_class(module, new_base):
         namespace = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
         new_cls = type(f"Parametrized{new_base.__name__}", (new_base,), namespace)
     new = new_cls.__new__(new_cls)
-    new.__dict__ = module.__dict__.copy()
+    new.__dict__ = _shallow_state(module, inplace)
     return new
 
 
@@ -50,11 +62,13 @@ def _convert(module, mapping, predicate, inplace, describe):
     base = _base_class(module)
     if base in mapping and predicate(module):
         describe(module)
-        return _with_class(module, mapping[base])
+        return _with_class(module, mapping[base], inplace)
     if not inplace:
-        module = copy.copy(module)
-        module.__dict__ = module.__dict__.copy()
-        module._modules = dict(module._modules)
+        # Not copy.copy: parametrized modules (weight_norm, ...) refuse to be
+        # pickled/copied, so build the shallow copy by hand.
+        copied = type(module).__new__(type(module))
+        copied.__dict__ = _shallow_state(module, inplace)
+        module = copied
     for name, child in list(module._modules.items()):
         if child is None:
             continue

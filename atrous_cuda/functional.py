@@ -83,12 +83,14 @@ def resolve_padding(fn, padding, ndim, spatial, kernel, stride, dilation):
         per_axis = pairs[::-1]
     else:
         try:
-            sym = _int_tuple(fn, "padding", padding, ndim, 0)
+            sym = _int_tuple(fn, "padding", padding, ndim, float("-inf"))  # form only; sign below
         except (TypeError, ValueError) as e:
             raise type(e)(
                 f"{fn}: expected padding to be an int, a tuple of {ndim} ints, a tuple of {2 * ndim} ints "
                 f"in F.pad order or one of {_PADDING_STRINGS[ndim]}, got {padding!r}"
             ) from None
+        if any(p < 0 for p in sym):
+            raise ValueError(f"{fn}: expected every padding >= 0, got {sym}")
         per_axis = [(p, p) for p in sym]
     if ndim == 1:
         per_axis = [(0, 0)] + per_axis

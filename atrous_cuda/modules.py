@@ -7,7 +7,7 @@ them after construction (DeepLab's output-stride surgery, for one).
 import torch.nn.functional as F
 from torch import nn
 
-from .functional import _atrous_conv, _int_tuple, resolve_padding
+from .functional import _PADDING_STRINGS, _atrous_conv, _int_tuple, resolve_padding
 
 __all__ = ["AtrousConv1d", "AtrousConv2d"]
 
@@ -41,6 +41,12 @@ def _construct(module, base, args, kwargs, allowed):
     """nn.Conv refuses 'causal' and 'same' with stride > 1; we accept them, so
     construct with padding 0 and put the string back."""
     padding = kwargs.get("padding", args[4] if len(args) > 4 else 0)
+    if isinstance(padding, str) and padding not in _PADDING_STRINGS[module._ndim]:
+        # nn.Conv raises at construction for an unknown string; so do we.
+        raise ValueError(
+            f"{module._fn}: expected padding to be one of {_PADDING_STRINGS[module._ndim]}, an int or a "
+            f"tuple of ints, got '{padding}'"
+        )
     deferred = isinstance(padding, str) and padding not in allowed
     stride = kwargs.get("stride", args[3] if len(args) > 3 else 1)
     strided = any(s != 1 for s in (stride if isinstance(stride, (tuple, list)) else (stride,)))

@@ -79,7 +79,8 @@ ATROUS_HOST_DEVICE PadPair same_padding(int64_t in, int64_t kernel, int64_t stri
 // Half-open range [begin, end) of outputs whose tap t lands inside the input.
 // From (1): 0 <= o*s - pb + t*d <= in-1
 //   <=>  ceil((pb - t*d) / s) <= o <= floor((in - 1 + pb - t*d) / s),
-// intersected with [0, out). Multiplying only over this range is what skips
+// intersected with [0, out) (an empty range is returned as begin == end <= out).
+// Multiplying only over this range is what skips
 // the work that a dilated conv would otherwise spend on padding.
 struct IndexRange {
   int64_t begin, end;
@@ -92,6 +93,7 @@ ATROUS_HOST_DEVICE IndexRange valid_out_range(int64_t in, int64_t out, int64_t t
   int64_t begin = ceil_div(offset, stride);
   int64_t end = floor_div(in - 1 + offset, stride) + 1;
   if (begin < 0) begin = 0;
+  if (begin > out) begin = out;
   if (end > out) end = out;
   if (end < begin) end = begin;
   return IndexRange{begin, end};

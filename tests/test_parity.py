@@ -1,0 +1,341 @@
+"""Forward and every gradient of atrous_conv1d/atrous_conv2d against F.conv1d/F.conv2d.
+
+float64 over a broad grid of strides, paddings, dilations and groups; then
+every dtype, memory layout, batch form and CPU instruction-set path.
+"""
+from typing import NamedTuple
+
+import pytest
+import torch
+from conftest import (
+    assert_matches,
+    assert_results_match,
+    atrous_conv,
+    check_against_torch,
+    conv_and_grads,
+    random_conv_inputs,
+    reference_conv,
+    seeded_randn,
+    tf_same_pads,
+)
+
+import atrous_cuda
+
+
+class Case(NamedTuple):
+    id: str
+    x_shape: tuple
+    w_shape: tuple
+    kwargs: dict
+
+
+CASES_2D = [
+    # strides
+    Case("stride1_pad1", (2, 4, 9, 9), (6, 4, 3, 3), dict(padding=1)),
+    Case("stride2", (2, 4, 9, 9), (6, 4, 3, 3), dict(stride=2, padding=1)),
+    Case("stride3", (2, 4, 10, 11), (6, 4, 3, 3), dict(stride=3, padding=1, dilation=2)),
+    Case("stride_unequal_1x2", (2, 4, 9, 10), (5, 4, 3, 3), dict(stride=(1, 2), padding=2, dilation=2)),
+    Case("stride_unequal_3x1", (1, 3, 11, 7), (4, 3, 3, 2), dict(stride=(3, 1), padding=(1, 2))),
+    # paddings
+    Case("padding_int0", (2, 4, 8, 8), (6, 4, 3, 3), dict(padding=0, dilation=2)),
+    Case("padding_tuple", (2, 4, 8, 9), (6, 4, 3, 3), dict(padding=(2, 1), dilation=(2, 1))),
+    Case("padding_valid", (2, 4, 8, 9), (6, 4, 3, 3), dict(padding="valid", dilation=2)),
+    Case("padding_same", (2, 4, 8, 9), (6, 4, 3, 3), dict(padding="same", dilation=3)),
+    Case("padding_same_strided", (2, 4, 9, 10), (6, 4, 3, 3), dict(padding="same", stride=2, dilation=2)),
+    Case("padding_same_strided_unequal", (1, 3, 10, 7), (4, 3, 3, 3), dict(padding="same", stride=(2, 3), dilation=(2, 1))),
+    Case("padding_same_even_kernel", (2, 4, 8, 9), (6, 4, 2, 4), dict(padding="same", dilation=(1, 3))),
+    Case("padding_same_even_kernel_strided", (1, 4, 9, 8), (5, 4, 4, 2), dict(padding="same", stride=2, dilation=2)),
+    Case("padding_asymmetric", (2, 4, 8, 9), (6, 4, 3, 3), dict(padding=(1, 2, 0, 3), dilation=2)),
+    Case("padding_asymmetric_strided", (1, 3, 9, 9), (4, 3, 3, 3), dict(padding=(0, 4, 3, 1), stride=(2, 3), dilation=(3, 2))),
+    # dilations
+    Case("dilation_unequal_1x3", (2, 4, 9, 12), (6, 4, 3, 3), dict(padding=(1, 3), dilation=(1, 3))),
+    Case("dilation_unequal_4x1", (2, 4, 12, 7), (6, 4, 3, 3), dict(padding=(4, 1), dilation=(4, 1))),
+    Case("dilation_beyond_input", (2, 4, 5, 5), (6, 4, 3, 3), dict(padding=12, dilation=12)),
+    Case("dilation_beyond_input_strided", (1, 4, 5, 6), (3, 4, 3, 3), dict(padding=12, dilation=12, stride=2)),
+    Case("dilation_beyond_input_partial_pad", (1, 2, 5, 5), (3, 2, 2, 2), dict(padding=3, dilation=6)),
+    # groups
+    Case("groups2", (2, 4, 8, 8), (6, 2, 3, 3), dict(padding=2, dilation=2, groups=2)),
+    Case("groups4_strided", (1, 8, 9, 9), (8, 2, 3, 3), dict(padding=1, stride=2, groups=4)),
+    Case("depthwise", (2, 4, 9, 9), (4, 1, 3, 3), dict(padding=2, dilation=2, groups=4)),
+    Case("depthwise_multiplier2", (2, 4, 9, 9), (8, 1, 3, 3), dict(padding=(3, 1), dilation=(3, 1), groups=4)),
+    Case("depthwise_strided_asymmetric", (1, 3, 10, 9), (6, 1, 3, 2), dict(padding=(1, 0, 2, 1), stride=2, groups=3)),
+    Case("single_input_channel", (2, 1, 9, 9), (5, 1, 3, 3), dict(padding=2, dilation=2)),
+    # odd sizes and blocking boundaries of the CPU kernels
+    Case("odd_sizes", (3, 5, 7, 13), (3, 5, 5, 1), dict(padding=(4, 0), dilation=(2, 1))),
+    Case("kernel_1x1", (2, 5, 7, 6), (3, 5, 1, 1), dict(stride=2)),
+    Case("many_pixel_tiles", (2, 6, 17, 15), (17, 6, 3, 3), dict(padding=2, dilation=2)),
+    Case("many_channels", (1, 100, 5, 6), (20, 100, 3, 3), dict(padding=1)),
+    Case("many_channels_groups2", (1, 100, 5, 6), (20, 50, 3, 3), dict(padding=2, dilation=2, groups=2)),
+    Case("deep_gemm", (1, 260, 4, 4), (9, 260, 2, 2), dict(padding=1)),
+    Case("depthwise_many_pixels", (2, 3, 12, 11), (6, 1, 3, 3), dict(padding=3, dilation=3, groups=3)),
+]
+
+
+def _case_id(case):
+    return case.id
+
+
+def cases(*ids):
+    by_id = {c.id: c for c in CASES_2D}
+    return [by_id[i] for i in ids]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("case", CASES_2D, ids=_case_id)
+def test_conv2d_matches_torch_float64(case, bias):
+    x, w, b = random_conv_inputs(case.x_shape, case.w_shape, bias)
+    check_against_torch(x, w, b, **case.kwargs)
+
+
+@pytest.mark.parametrize("case", CASES_2D[::3], ids=_case_id)
+def test_conv2d_unbatched_matches_torch(case):
+    x, w, b = random_conv_inputs(case.x_shape[1:], case.w_shape)
+    ours, _ = check_against_torch(x, w, b, **case.kwargs)
+    assert ours.out.dim() == 3
+
+
+@pytest.mark.parametrize("case", cases("stride1_pad1", "padding_same_strided", "padding_asymmetric", "depthwise"), ids=_case_id)
+def test_conv2d_empty_batch(case):
+    x, w, b = random_conv_inputs((0,) + case.x_shape[1:], case.w_shape)
+    ours, ref = check_against_torch(x, w, b, **case.kwargs)
+    assert ours.out.shape[0] == 0
+    # Nothing flows into the weight and bias: exact zeros, not poisoned NaN.
+    assert torch.equal(ours.grad_weight, torch.zeros_like(ours.grad_weight))
+    assert torch.equal(ours.grad_bias, torch.zeros_like(ours.grad_bias))
+
+
+def test_padding_same_strided_matches_tf_rule():
+    """'same' with stride > 1: out = ceil(in / s), total padding split with the odd pixel after."""
+    for size in range(3, 12):
+        for stride in (2, 3):
+            for kernel, dilation in ((3, 1), (3, 2), (2, 3), (4, 1)):
+                x, w, b = random_conv_inputs((1, 2, size, size + 1), (2, 2, kernel, kernel))
+                out = atrous_cuda.atrous_conv2d(x, w, b, stride=stride, padding="same", dilation=dilation)
+                assert out.shape[2:] == (-(-size // stride), -(-(size + 1) // stride))
+                top, bottom = tf_same_pads(size, kernel, stride, dilation)
+                left, right = tf_same_pads(size + 1, kernel, stride, dilation)
+                assert bottom - top in (0, 1) and right - left in (0, 1)
+                expected = torch.nn.functional.conv2d(
+                    torch.nn.functional.pad(x, (left, right, top, bottom)), w, b, stride, 0, dilation
+                )
+                assert_matches(out, expected)
+
+
+def test_padding_same_stride1_equals_torch_same():
+    for kernel in ((3, 3), (2, 4), (4, 1), (5, 2)):
+        x, w, b = random_conv_inputs((1, 3, 7, 8), (4, 3) + kernel)
+        out = atrous_cuda.atrous_conv2d(x, w, b, padding="same", dilation=(2, 3))
+        assert_matches(out, torch.nn.functional.conv2d(x, w, b, padding="same", dilation=(2, 3)))
+
+
+def test_asymmetric_padding_is_fpad_order():
+    """(left, right, top, bottom), as F.pad takes them."""
+    x, w, b = random_conv_inputs((1, 2, 6, 7), (3, 2, 3, 3))
+    out = atrous_cuda.atrous_conv2d(x, w, b, padding=(0, 3, 2, 1))
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 3, 2, 1)), w, b)
+    assert_matches(out, expected)
+    assert out.shape == (1, 3, 6 + 2 + 1 - 2, 7 + 0 + 3 - 2)
+
+
+def test_dilation_far_beyond_input_uses_only_centre_tap():
+    """H = W = 5, dilation 12, padding 12: only the centre tap ever reads the image."""
+    x, w, b = random_conv_inputs((2, 4, 5, 5), (6, 4, 3, 3))
+    out = atrous_cuda.atrous_conv2d(x, w, b, padding=12, dilation=12)
+    centre = torch.nn.functional.conv2d(x, w[:, :, 1:2, 1:2], b)
+    assert_matches(out, centre)
+
+
+# -------------------------------------------------------------- layouts --
+
+
+NONCONTIGUOUS_VIEWS = {
+    "strided_slice": lambda x: x[:, 1:, 1::2, 2:],
+    "hw_transpose": lambda x: x[:, 1:].transpose(2, 3),
+    "channel_slice": lambda x: x[:, 1:],
+    "batch_step": lambda x: x[::2, 1:],
+}
+
+
+@pytest.mark.parametrize("view", NONCONTIGUOUS_VIEWS.values(), ids=NONCONTIGUOUS_VIEWS.keys())
+def test_noncontiguous_input_matches_torch(view):
+    x, w, b = random_conv_inputs((4, 5, 14, 11), (6, 4, 3, 3))
+    assert not view(x).is_contiguous()
+    check_against_torch(x, w, b, prepare=view, padding=(2, 1), dilation=(2, 1))
+
+
+def test_noncontiguous_weight_matches_torch():
+    x, w, b = random_conv_inputs((2, 4, 9, 9), (6, 4, 3, 3))
+    w_t = w.transpose(2, 3)
+    assert not w_t.is_contiguous()
+    ours = atrous_cuda.atrous_conv2d(x, w_t, b, padding=2, dilation=2)
+    assert_matches(ours, torch.nn.functional.conv2d(x, w_t, b, padding=2, dilation=2))
+
+
+@pytest.mark.parametrize("case", cases("stride2", "padding_asymmetric", "groups2", "depthwise_multiplier2"), ids=_case_id)
+def test_channels_last_input_gives_channels_last_output(case):
+    x, w, b = random_conv_inputs(case.x_shape, case.w_shape)
+    x = x.contiguous(memory_format=torch.channels_last)
+    ours, _ = check_against_torch(x, w, b, **case.kwargs)
+    assert ours.out.is_contiguous(memory_format=torch.channels_last)
+    assert ours.grad_input.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_weight_matches_torch():
+    x, w, b = random_conv_inputs((2, 4, 9, 9), (6, 4, 3, 3))
+    w = w.contiguous(memory_format=torch.channels_last)
+    ours, ref = check_against_torch(x, w, b, padding=2, dilation=2)
+    assert ours.out.is_contiguous(memory_format=torch.channels_last) == ref.out.is_contiguous(
+        memory_format=torch.channels_last
+    )
+
+
+# --------------------------------------------------------------- dtypes --
+
+DTYPE_CASES = [c for c in CASES_2D if c.id not in ("deep_gemm", "many_channels", "many_channels_groups2")]
+
+
+@pytest.mark.parametrize("case", DTYPE_CASES, ids=_case_id)
+def test_float32_matches_float64_reference(case):
+    x, w, b = random_conv_inputs(case.x_shape, case.w_shape)
+    ours = conv_and_grads(atrous_conv, x.float(), w.float(), b.float(), **case.kwargs)
+    gy = seeded_randn(ours.out.shape, torch.float32, seed=1)  # the one conv_and_grads used
+    ref = conv_and_grads(reference_conv, x, w, b, grad_output=gy.double(), **case.kwargs)
+    assert_results_match(ours, ref, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("case", DTYPE_CASES, ids=_case_id)
+def test_half_precision_matches_float32_reference(case, dtype):
+    """The reference sees exactly the rounded inputs, in float32 (see conftest.tolerance)."""
+    x, w, b = random_conv_inputs(case.x_shape, case.w_shape, dtype=dtype)
+    ours = conv_and_grads(atrous_conv, x, w, b, **case.kwargs)
+    gy = seeded_randn(ours.out.shape, dtype, seed=1)
+    ref = conv_and_grads(reference_conv, x.float(), w.float(), b.float(), grad_output=gy.float(), **case.kwargs)
+    assert_results_match(ours, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_channels_last(dtype):
+    x, w, b = random_conv_inputs((2, 4, 9, 9), (6, 4, 3, 3), dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    out = atrous_cuda.atrous_conv2d(x, w, b, padding=2, dilation=2)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    ref = torch.nn.functional.conv2d(x.float(), w.float(), b.float(), padding=2, dilation=2)
+    assert_matches(out, ref, dtype)
+
+
+# ------------------------------------------------------------ CPU paths --
+
+ISA_CASES = cases(
+    "stride1_pad1", "stride_unequal_1x2", "padding_same_strided", "padding_asymmetric", "groups2", "depthwise",
+    "depthwise_multiplier2", "many_pixel_tiles", "many_channels", "many_channels_groups2", "deep_gemm",
+)
+
+
+@pytest.fixture
+def restore_cpu_isa():
+    best = atrous_cuda.build_info()["cpu_isas_available"].split(",")[0]
+    yield
+    atrous_cuda._C.set_cpu_isa(best)
+    assert atrous_cuda.build_info()["cpu_isa"] == best
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_every_cpu_isa_matches_torch(isa, dtype, restore_cpu_isa):
+    available = atrous_cuda.build_info()["cpu_isas_available"].split(",")
+    if isa not in available:
+        pytest.skip(f"this CPU does not support {isa} (available: {available})")
+    atrous_cuda._C.set_cpu_isa(isa)
+    assert atrous_cuda.build_info()["cpu_isa"] == isa
+    for case in ISA_CASES:
+        x, w, b = random_conv_inputs(case.x_shape, case.w_shape)
+        ours = conv_and_grads(atrous_conv, x.to(dtype), w.to(dtype), b.to(dtype), **case.kwargs)
+        ref = conv_and_grads(reference_conv, x, w, b, grad_output=seeded_randn(ours.out.shape, dtype, seed=1).double(),
+                             **case.kwargs)
+        assert_results_match(ours, ref, dtype)
+
+
+def test_best_cpu_isa_is_the_default():
+    info = atrous_cuda.build_info()
+    assert info["cpu_isa"] == info["cpu_isas_available"].split(",")[0]
+    assert set(info["cpu_isas_available"].split(",")) <= {"avx512", "avx2", "baseline"}
+    assert "baseline" in info["cpu_isas_available"].split(",")
+
+
+def test_build_info_reports_the_build():
+    info = atrous_cuda.build_info()
+    assert set(info) >= {"with_cuda", "cuda_archs", "cpu_isa", "cpu_isas_available", "cpu_threads"}
+    assert isinstance(info["with_cuda"], bool)
+    assert info["cpu_isa"] in info["cpu_isas_available"].split(",")
+
+
+# ------------------------------------------------------------------ 1-D --
+
+CASES_1D = [
+    Case("conv1d_pad1", (2, 4, 17), (6, 4, 3), dict(padding=1)),
+    Case("conv1d_stride2_dilation3", (2, 4, 20), (5, 4, 3), dict(stride=2, padding=3, dilation=3)),
+    Case("conv1d_valid", (2, 4, 20), (5, 4, 4), dict(padding="valid", dilation=2)),
+    Case("conv1d_same", (2, 4, 19), (5, 4, 3), dict(padding="same", dilation=4)),
+    Case("conv1d_same_even_kernel", (2, 4, 19), (5, 4, 4), dict(padding="same", dilation=2)),
+    Case("conv1d_same_strided", (2, 4, 19), (5, 4, 3), dict(padding="same", stride=3, dilation=2)),
+    Case("conv1d_asymmetric", (2, 4, 15), (5, 4, 3), dict(padding=(4, 1), dilation=2)),
+    Case("conv1d_causal", (2, 4, 16), (5, 4, 2), dict(padding="causal", dilation=4)),
+    Case("conv1d_causal_strided", (2, 4, 16), (5, 4, 3), dict(padding="causal", dilation=2, stride=2)),
+    Case("conv1d_groups2", (2, 4, 16), (6, 2, 3), dict(padding=2, dilation=2, groups=2)),
+    Case("conv1d_depthwise", (2, 4, 16), (4, 1, 3), dict(padding="causal", dilation=3, groups=4)),
+    Case("conv1d_depthwise_multiplier2", (2, 4, 16), (8, 1, 3), dict(padding=5, dilation=5, groups=4)),
+    Case("conv1d_dilation_beyond_input", (2, 3, 6), (4, 3, 3), dict(padding=20, dilation=20)),
+    Case("conv1d_empty_batch", (0, 3, 6), (4, 3, 3), dict(padding=1)),
+]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("case", CASES_1D, ids=_case_id)
+def test_conv1d_matches_torch_float64(case, bias):
+    x, w, b = random_conv_inputs(case.x_shape, case.w_shape, bias)
+    check_against_torch(x, w, b, **case.kwargs)
+
+
+@pytest.mark.parametrize("case", CASES_1D[::4], ids=_case_id)
+def test_conv1d_unbatched_matches_torch(case):
+    x, w, b = random_conv_inputs(case.x_shape[1:], case.w_shape)
+    ours, _ = check_against_torch(x, w, b, **case.kwargs)
+    assert ours.out.dim() == 2
+
+
+def test_conv1d_noncontiguous_input_matches_torch():
+    x, w, b = random_conv_inputs((2, 13, 5), (4, 5, 3))
+    check_against_torch(x, w, b, prepare=lambda t: t.transpose(1, 2), padding="causal", dilation=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["float32", "float16", "bfloat16"])
+def test_conv1d_reduced_precision_matches_reference(dtype):
+    x, w, b = random_conv_inputs((2, 4, 32), (6, 4, 3), dtype=dtype)
+    ours = conv_and_grads(atrous_conv, x, w, b, padding="causal", dilation=4)
+    gy = seeded_randn(ours.out.shape, dtype, seed=1)
+    ref_dtype = torch.float64 if dtype == torch.float32 else torch.float32
+    ref = conv_and_grads(reference_conv, x.to(ref_dtype), w.to(ref_dtype), b.to(ref_dtype),
+                         grad_output=gy.to(ref_dtype), padding="causal", dilation=4)
+    assert_results_match(ours, ref, dtype)
+
+
+def test_conv1d_causal_output_never_sees_the_future():
+    x, w, b = random_conv_inputs((1, 2, 24), (3, 2, 3))
+    out = atrous_cuda.atrous_conv1d(x, w, b, padding="causal", dilation=4)
+    assert out.shape == x.shape[:1] + (3, 24)
+    x2 = x.clone()
+    x2[..., 15:] += 1.0  # change the future of t = 14
+    out2 = atrous_cuda.atrous_conv1d(x2, w, b, padding="causal", dilation=4)
+    assert torch.equal(out[..., :15], out2[..., :15])
+    assert not torch.equal(out[..., 15:], out2[..., 15:])
+
+
+def test_conv1d_wavenet_dilation_stack():
+    """Dilations 1, 2, 4, ..., 512 with causal padding on a short sequence."""
+    x, _, _ = random_conv_inputs((2, 4, 40), (4, 4, 2))
+    for i, dilation in enumerate(2**k for k in range(10)):
+        _, w, b = random_conv_inputs((2, 4, 40), (4, 4, 2), seed=i)
+        ours, ref = check_against_torch(x, w, b, padding="causal", dilation=dilation)
+        assert ours.out.shape == x.shape
+        x = torch.tanh(ref.out)
