@@ -8,7 +8,7 @@ Environment:
   CUDA_HOME / CUDA_PATH   toolkit root, if the search below gets it wrong
   FORCE_CUDA=1            build the CUDA sources; error out without a toolkit
   ATROUS_CPU_ONLY=1       never build the CUDA sources
-  TORCH_CUDA_ARCH_LIST    default "8.0;9.0"
+  TORCH_CUDA_ARCH_LIST    default "8.0;9.0+PTX"; entries below 8.0 are dropped
   ATROUS_PTXAS_VERBOSE=1  pass -Xptxas -v (register and spill report)
   MAX_JOBS                ninja parallelism
 """
@@ -87,7 +87,25 @@ with_cuda = cuda_home is not None
 if with_cuda:
     # torch.utils.cpp_extension reads CUDA_HOME once, at import.
     os.environ["CUDA_HOME"] = cuda_home
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    # sm_80 and sm_90 machine code, plus sm_90 PTX for newer GPUs to JIT.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    # The tensor-core kernels use bfloat16 WMMA, which needs sm_80; many CUDA
+    # images export a list that starts lower, so drop those entries loudly.
+    def _at_least_sm80(arch):
+        try:
+            return float(arch.split("+")[0].rstrip("af")) >= 8.0
+        except ValueError:  # a named architecture such as "Hopper"
+            return arch not in ("Kepler", "Maxwell", "Pascal", "Volta", "Turing")
+
+    requested = re.split(r"[;\s]+", os.environ["TORCH_CUDA_ARCH_LIST"].strip())
+    kept = [a for a in requested if a and _at_least_sm80(a)]
+    if kept != [a for a in requested if a]:
+        print(f"setup.py: atrous_cuda needs compute capability >= 8.0; dropping "
+              f"{sorted(set(requested) - set(kept))} from TORCH_CUDA_ARCH_LIST")
+    if not kept:
+        sys.exit(f"setup.py: TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']!r} has no architecture "
+                 f">= 8.0; expected e.g. '8.0;9.0'")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(kept)
     print(f"setup.py: building CUDA kernels with the toolkit at {cuda_home} "
           f"for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
 else:

@@ -81,6 +81,9 @@ ConvParams make_conv_params(const char* op, const at::Tensor& input, const at::T
 
   TORCH_CHECK(p.out_channels > 0, op, ": expected weight with at least one output channel, got ",
               weight.sizes());
+  // torch returns an oddly shaped empty tensor here; a clear error is more useful.
+  TORCH_CHECK(p.in_channels > 0, op, ": expected input with at least one channel, got input of size ",
+              input.sizes());
   TORCH_CHECK(p.kernel_height > 0 && p.kernel_width > 0, op,
               ": expected a kernel of at least 1x1, got weight of size ", weight.sizes());
   TORCH_CHECK(p.in_channels % groups == 0, op, ": expected in_channels (", p.in_channels,

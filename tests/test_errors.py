@@ -227,3 +227,10 @@ def test_set_cpu_isa_rejects_unknown_names():
     with pytest.raises(RuntimeError, match=r"expected a CPU instruction set of 'avx512', 'avx2' or 'baseline', got 'sse9'"):
         atrous_cuda._C.set_cpu_isa("sse9")
     assert atrous_cuda.build_info()["cpu_isa"] == atrous_cuda.build_info()["cpu_isas_available"].split(",")[0]
+
+
+def test_input_without_channels_raises():
+    # torch answers this with an empty tensor of shape (N, 0, H, W) whatever the
+    # weight says; a clear error is more useful than copying that.
+    with pytest.raises(RuntimeError, match=r"expected input with at least one channel, got input of size \[2, 0, 5, 5\]"):
+        atrous_conv2d(torch.randn(2, 0, 5, 5), torch.randn(4, 0, 3, 3), padding=1)

@@ -23,8 +23,19 @@ int64_t grad_weight_splits(const ConvParams& p) {
   const int64_t tiles = ((p.out_channels_per_group() + 127) / 128) *
                         ((p.in_channels_per_group() + 127) / 128) * p.groups * p.taps();
   const int64_t pixels = p.batch * p.out_height * p.out_width;
+  if (tiles == 0) return 1;
   int64_t splits = (512 + tiles - 1) / tiles;
   const int64_t by_length = (pixels + 1023) / 1024;
+  if (splits > by_length) splits = by_length;
+  if (splits > 64) splits = 64;
+  return splits < 1 ? 1 : splits;
+}
+
+int64_t reduction_splits(const ConvParams& p, int64_t tiles) {
+  // About 512 blocks in all, each range at least 2048 pixels, at most 64 splits.
+  const int64_t pixels = p.batch * p.out_height * p.out_width;
+  int64_t splits = tiles > 0 ? (512 + tiles - 1) / tiles : 1;
+  const int64_t by_length = (pixels + 2047) / 2048;
   if (splits > by_length) splits = by_length;
   if (splits > 64) splits = 64;
   return splits < 1 ? 1 : splits;
@@ -33,6 +44,10 @@ int64_t grad_weight_splits(const ConvParams& p) {
 namespace {
 
 using at::Tensor;
+
+at::ScalarType accumulation_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
 
 Strides4 strides_of(const Tensor& t) {
   return Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
@@ -83,9 +98,9 @@ Tensor conv_forward_cuda(const Tensor& input, const Tensor& weight,
                                   "atrous_conv_forward_cuda", [&] {
     if (p.in_channels_per_group() == 1) {
       const Tensor w = weight.reshape({p.out_channels, p.taps()}).contiguous();
-      launch_depthwise_forward<scalar_t>(
-          DirectArgs{p, x.data_ptr(), w.data_ptr(), bias_ptr, out.data_ptr(), strides_of(out),
-                     stream});
+      launch_depthwise_forward<scalar_t>(DirectArgs{p, x.data_ptr(), w.data_ptr(), bias_ptr,
+                                                    out.data_ptr(), strides_of(out), nullptr, 0,
+                                                    stream});
     } else {
       const int64_t cols = round_up8(p.out_channels_per_group());
       const Tensor w = pack_weight_forward(weight, p, cols);
@@ -129,7 +144,8 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cuda(
         const Tensor w = weight.reshape({p.out_channels, p.taps()}).contiguous();
         launch_depthwise_grad_input<scalar_t>(DirectArgs{p, gy.data_ptr(), w.data_ptr(), nullptr,
                                                          grad_input.data_ptr(),
-                                                         strides_of(grad_input), stream});
+                                                         strides_of(grad_input), nullptr, 0,
+                                                         stream});
       } else {
         const int64_t cols = round_up8(p.in_channels_per_group());
         const Tensor w = pack_weight_grad_input(weight, p, cols);
@@ -140,19 +156,22 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cuda(
             strides_of(grad_input), cols, vector_ok, stream});
       }
     }
-    if (output_mask[1]) {
+    if (output_mask[1] && grad_weight.numel() > 0) {
       const Tensor x = to_nhwc(input);
       if (depthwise) {
+        const int64_t splits = reduction_splits(p, p.taps() * ((p.out_channels + 31) / 32));
+        const Tensor partials = at::empty({splits * p.taps() * p.out_channels},
+                                          input.options().dtype(accumulation_type(input.scalar_type())));
         launch_depthwise_grad_weight<scalar_t>(DirectArgs{p, gy.data_ptr(), x.data_ptr(), nullptr,
                                                           grad_weight.data_ptr(),
-                                                          strides_of(grad_weight), stream});
+                                                          strides_of(grad_weight),
+                                                          partials.data_ptr(), splits, stream});
       } else {
         const int64_t splits = grad_weight_splits(p);
-        const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
         const Tensor partials =
             at::empty({splits * p.groups * p.taps() * p.out_channels_per_group() *
                        p.in_channels_per_group()},
-                      input.options().dtype(acc_dtype));
+                      input.options().dtype(accumulation_type(input.scalar_type())));
         const bool vector_ok = p.out_channels % 8 == 0 && p.out_channels_per_group() % 8 == 0 &&
                                p.in_channels % 8 == 0 && p.in_channels_per_group() % 8 == 0 &&
                                aligned16(gy.data_ptr()) && aligned16(x.data_ptr());
@@ -162,10 +181,14 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cuda(
                                                     stream});
       }
     }
-    if (output_mask[2]) {
+    if (output_mask[2] && grad_bias.numel() > 0) {
+      const int64_t splits = reduction_splits(p, (p.out_channels + 31) / 32);
+      const Tensor partials = at::empty({splits * p.out_channels},
+                                        input.options().dtype(accumulation_type(input.scalar_type())));
       launch_grad_bias<scalar_t>(DirectArgs{p, gy.data_ptr(), nullptr, nullptr,
                                             grad_bias.data_ptr(),
-                                            Strides4{grad_bias.stride(0), 0, 0, 0}, stream});
+                                            Strides4{grad_bias.stride(0), 0, 0, 0},
+                                            partials.data_ptr(), splits, stream});
     }
   });
   return {grad_input, grad_weight, grad_bias};

@@ -166,8 +166,10 @@ __global__ void __launch_bounds__(256)
   const GemmShape<kGradInput> shape(p);
   const T* a = static_cast<const T*>(args.a);
   const T* b = static_cast<const T*>(args.b);
-  const int64_t group = blockIdx.z;
-  const int64_t m0 = int64_t(blockIdx.x) * BM, n0 = int64_t(blockIdx.y) * BN;
+  // Block x enumerates (group, M tile); y the N tile.
+  const int64_t tiles_m = (shape.M + BM - 1) / BM;
+  const int64_t group = blockIdx.x / tiles_m;
+  const int64_t m0 = (blockIdx.x % tiles_m) * BM, n0 = int64_t(blockIdx.y) * BN;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
 
   __shared__ acc_t As[BK][BM + 4];
@@ -269,8 +271,10 @@ __global__ void __launch_bounds__(256)
   const GemmShape<kGradInput> shape(p);
   const T* a = static_cast<const T*>(args.a);
   const T* b = static_cast<const T*>(args.b);
-  const int64_t group = blockIdx.z;
-  const int64_t m0 = int64_t(blockIdx.x) * kTcBM, n0 = int64_t(blockIdx.y) * kTcBN;
+  // Block x enumerates (group, M tile); y the N tile.
+  const int64_t tiles_m = (shape.M + kTcBM - 1) / kTcBM;
+  const int64_t group = blockIdx.x / tiles_m;
+  const int64_t m0 = (blockIdx.x % tiles_m) * kTcBM, n0 = int64_t(blockIdx.y) * kTcBN;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int warp_m = warp / 2, warp_n = warp % 2;
 
@@ -366,16 +370,17 @@ void launch_implicit_gemm(const ImplicitGemmArgs& args) {
   if (shape.M == 0 || shape.cols == 0) return;
   constexpr bool kTensorCores = sizeof(T) == 2;
   if constexpr (kTensorCores) {
-    const int64_t gx = ceil_div_host(shape.M, kTcBM), gy = ceil_div_host(shape.cols, kTcBN);
-    check_grid(gx, gy, args.conv.groups, "implicit GEMM");
-    implicit_gemm_tc_kernel<T, kGradInput>
-        <<<grid3(gx, gy, args.conv.groups), 256, 0, args.stream>>>(args);
+    const int64_t gx = ceil_div_host(shape.M, kTcBM) * args.conv.groups;
+    const int64_t gy = ceil_div_host(shape.cols, kTcBN);
+    check_grid(gx, gy, 1, "implicit GEMM");
+    implicit_gemm_tc_kernel<T, kGradInput><<<grid3(gx, gy, 1), 256, 0, args.stream>>>(args);
   } else {
     constexpr int BM = sizeof(T) == 8 ? 64 : 128, BN = BM, BK = 8;
-    const int64_t gx = ceil_div_host(shape.M, BM), gy = ceil_div_host(shape.cols, BN);
-    check_grid(gx, gy, args.conv.groups, "implicit GEMM");
+    const int64_t gx = ceil_div_host(shape.M, BM) * args.conv.groups;
+    const int64_t gy = ceil_div_host(shape.cols, BN);
+    check_grid(gx, gy, 1, "implicit GEMM");
     implicit_gemm_simt_kernel<T, BM, BN, BK, kGradInput>
-        <<<grid3(gx, gy, args.conv.groups), 256, 0, args.stream>>>(args);
+        <<<grid3(gx, gy, 1), 256, 0, args.stream>>>(args);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -723,10 +728,12 @@ __global__ void depthwise_grad_input_kernel(const DirectArgs args) {
   }
 }
 
-// Channel-tile reductions over pixels (depthwise grad_weight, grad_bias):
-// a block owns 32 channels; its 8 warps' worth of lanes (lane = channel,
-// row = threadIdx.x / 32) stride over the pixels in a fixed order, then the
-// 8 row sums are added in order. No atomics, so the result is reproducible.
+// Channel-tile reductions over pixels (depthwise grad_weight, grad_bias).
+// A block owns 32 channels (lane = channel) and one of `splits` fixed,
+// shape-only pixel ranges; its 8 rows of lanes stride over that range in a
+// fixed order, the 8 row sums are added in order, and the block writes one
+// partial per channel. A second kernel adds the partials in split order. No
+// atomics anywhere, so the result is bitwise reproducible.
 constexpr int kReduceChannels = 32, kReduceRows = 8;
 
 template <typename acc_t>
@@ -740,7 +747,8 @@ __device__ __forceinline__ acc_t ordered_block_sum(acc_t partial, acc_t (*rows)[
   return total;
 }
 
-// grad_w[c][0][kh][kw] = sum over the tap's valid pixels of grad_y[.., c] * x[.., c / mult].
+// partial[split][tap][c] = sum over the split's share of the tap's valid
+// pixels of grad_y[.., c] * x[.., c / mult]. Block x = (tap, channel tile).
 template <typename T>
 __global__ void __launch_bounds__(kReduceChannels * kReduceRows)
     depthwise_grad_weight_kernel(const DirectArgs args) {
@@ -755,9 +763,11 @@ __global__ void __launch_bounds__(kReduceChannels * kReduceRows)
   const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
   const int64_t mult = p.out_channels_per_group();
   const TapPixels tp(p, kh, kw);
+  int64_t k_begin, k_end;
+  split_range(tp.count, args.splits, blockIdx.y, &k_begin, &k_end);
   acc_t sum = 0;
   if (c < p.out_channels) {
-    for (int64_t k = threadIdx.x / kReduceChannels; k < tp.count; k += kReduceRows) {
+    for (int64_t k = k_begin + threadIdx.x / kReduceChannels; k < k_end; k += kReduceRows) {
       const int64_t ow = tp.ow0 + k % tp.rows_w;
       const int64_t oh = tp.oh0 + (k / tp.rows_w) % tp.rows_h;
       const int64_t n = k / (tp.rows_w * tp.rows_h);
@@ -768,13 +778,12 @@ __global__ void __launch_bounds__(kReduceChannels * kReduceRows)
     }
   }
   const acc_t total = ordered_block_sum(sum, rows);
-  if (threadIdx.x < kReduceChannels && c < p.out_channels) {
-    const Strides4& s = args.out_strides;
-    static_cast<T*>(args.out)[c * s.n + kh * s.h + kw * s.w] = from_acc<T>(total);
-  }
+  if (threadIdx.x < kReduceChannels && c < p.out_channels)
+    static_cast<acc_t*>(args.partials)[(int64_t(blockIdx.y) * p.taps() + tap) * p.out_channels + c] =
+        total;
 }
 
-// grad_b[c] = sum over (n, oh, ow) of grad_y[.., c].
+// partial[split][c] = sum over the split's share of (n, oh, ow) of grad_y[.., c].
 template <typename T>
 __global__ void __launch_bounds__(kReduceChannels * kReduceRows)
     grad_bias_kernel(const DirectArgs args) {
@@ -783,14 +792,38 @@ __global__ void __launch_bounds__(kReduceChannels * kReduceRows)
   const ConvParams& p = args.conv;
   const T* gy = static_cast<const T*>(args.a);
   const int64_t c = int64_t(blockIdx.x) * kReduceChannels + threadIdx.x % kReduceChannels;
-  const int64_t pixels = p.batch * p.out_height * p.out_width;
+  int64_t k_begin, k_end;
+  split_range(p.batch * p.out_height * p.out_width, args.splits, blockIdx.y, &k_begin, &k_end);
   acc_t sum = 0;
   if (c < p.out_channels)
-    for (int64_t k = threadIdx.x / kReduceChannels; k < pixels; k += kReduceRows)
+    for (int64_t k = k_begin + threadIdx.x / kReduceChannels; k < k_end; k += kReduceRows)
       sum += to_acc(gy[k * p.out_channels + c]);
   const acc_t total = ordered_block_sum(sum, rows);
   if (threadIdx.x < kReduceChannels && c < p.out_channels)
-    static_cast<T*>(args.out)[c * args.out_strides.n] = from_acc<T>(total);
+    static_cast<acc_t*>(args.partials)[int64_t(blockIdx.y) * p.out_channels + c] = total;
+}
+
+// out(e) = sum over s, in order, of partial[s][e], e < count; written to
+// grad_bias[c] (kDepthwiseWeight false, e = c) or grad_w[c][0][kh][kw]
+// (kDepthwiseWeight true, e = tap * Cout + c).
+template <typename T, bool kDepthwiseWeight>
+__global__ void ordered_split_sum_kernel(const DirectArgs args, int64_t count) {
+  using acc_t = typename AccType<T>::type;
+  const ConvParams& p = args.conv;
+  const acc_t* partials = static_cast<const acc_t*>(args.partials);
+  const Strides4& s = args.out_strides;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < count;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    acc_t sum = 0;
+    for (int64_t split = 0; split < args.splits; ++split) sum += partials[split * count + e];
+    const int64_t c = e % p.out_channels;
+    int64_t offset = c * s.n;
+    if (kDepthwiseWeight) {
+      const int64_t tap = e / p.out_channels;
+      offset += (tap / p.kernel_width) * s.h + (tap % p.kernel_width) * s.w;
+    }
+    static_cast<T*>(args.out)[offset] = from_acc<T>(sum);
+  }
 }
 
 }  // namespace
@@ -837,9 +870,12 @@ void launch_depthwise_grad_weight(const DirectArgs& args) {
   using T = typename DeviceType<scalar_t>::type;
   const ConvParams& p = args.conv;
   const int64_t blocks = p.taps() * ceil_div_host(p.out_channels, kReduceChannels);
-  check_grid(blocks, 1, 1, "depthwise grad_weight");
+  check_grid(blocks, args.splits, 1, "depthwise grad_weight");
   depthwise_grad_weight_kernel<T>
-      <<<grid3(blocks, 1, 1), kReduceChannels * kReduceRows, 0, args.stream>>>(args);
+      <<<grid3(blocks, args.splits, 1), kReduceChannels * kReduceRows, 0, args.stream>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t count = p.taps() * p.out_channels;
+  ordered_split_sum_kernel<T, true><<<elementwise_blocks(count, 256), 256, 0, args.stream>>>(args, count);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -847,8 +883,12 @@ template <typename scalar_t>
 void launch_grad_bias(const DirectArgs& args) {
   using T = typename DeviceType<scalar_t>::type;
   const int64_t blocks = ceil_div_host(args.conv.out_channels, kReduceChannels);
-  check_grid(blocks, 1, 1, "grad_bias");
-  grad_bias_kernel<T><<<grid3(blocks, 1, 1), kReduceChannels * kReduceRows, 0, args.stream>>>(args);
+  check_grid(blocks, args.splits, 1, "grad_bias");
+  grad_bias_kernel<T>
+      <<<grid3(blocks, args.splits, 1), kReduceChannels * kReduceRows, 0, args.stream>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t count = args.conv.out_channels;
+  ordered_split_sum_kernel<T, false><<<elementwise_blocks(count, 256), 256, 0, args.stream>>>(args, count);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

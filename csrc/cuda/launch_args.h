@@ -56,6 +56,8 @@ struct DirectArgs {
   const void* bias;       // forward only
   void* out;              // strided by out_strides (grad_bias: stride n is the element stride)
   Strides4 out_strides;
+  void* partials;         // reductions only: [splits][taps or 1][Cout] in the accumulation type
+  int64_t splits;         // reductions only: fixed pixel ranges, see reduction_splits
   cudaStream_t stream;
 };
 
@@ -77,8 +79,11 @@ void launch_grad_bias(const DirectArgs& args);
 // The number of fixed pixel ranges grad_weight is split into. It depends on
 // the shapes only, never on the device or the thread count, so results are
 // bitwise reproducible: enough blocks to fill a large GPU, and ranges no
-// shorter than kMinPixelsPerSplit.
+// shorter than 1024 pixels.
 int64_t grad_weight_splits(const ConvParams& p);
+// The same for the channel-tile reductions (depthwise grad_weight, grad_bias),
+// given how many (tap, 32-channel tile) blocks there are.
+int64_t reduction_splits(const ConvParams& p, int64_t tiles);
 
 }  // namespace cuda
 }  // namespace atrous
