@@ -6,8 +6,11 @@
 
 #include <ATen/Parallel.h>
 
+#include <c10/util/Exception.h>
+
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "atrous_index.h"
 #include "cpu/gather_gemm.h"
@@ -19,6 +22,19 @@
 namespace py = pybind11;
 
 namespace {
+
+std::vector<int64_t> band_begins(const atrous::AxisBands& b) {
+  return std::vector<int64_t>(b.begin, b.begin + b.count + 1);
+}
+
+atrous::AxisBands bands_from_list(const std::vector<int64_t>& begins) {
+  TORCH_CHECK(begins.size() >= 2 && begins.size() <= atrous::kMaxPixelBands + 1,
+              "expected 2 to ", atrous::kMaxPixelBands + 1, " band boundaries, got ", begins.size());
+  atrous::AxisBands b{};
+  b.count = static_cast<int32_t>(begins.size() - 1);
+  for (size_t i = 0; i < begins.size(); ++i) b.begin[i] = begins[i];
+  return b;
+}
 
 py::dict build_info() {
   py::dict info;
@@ -60,6 +76,40 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("size"), py::arg("out"), py::arg("tap"), py::arg("stride"), py::arg("pad_before"),
       py::arg("dilation"));
+  m.def(
+      "forward_axis_bands",
+      [](int64_t size, int64_t out, int64_t kernel, int64_t stride, int64_t pad_before,
+         int64_t dilation) {
+        return band_begins(
+            atrous::forward_axis_bands(size, out, kernel, stride, pad_before, dilation));
+      },
+      py::arg("size"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("pad_before"),
+      py::arg("dilation"));
+  m.def(
+      "grad_input_axis_bands",
+      [](int64_t size, int64_t out, int64_t kernel, int64_t stride, int64_t pad_before,
+         int64_t dilation) {
+        return band_begins(
+            atrous::grad_input_axis_bands(size, out, kernel, stride, pad_before, dilation));
+      },
+      py::arg("size"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("pad_before"),
+      py::arg("dilation"));
+  m.def(
+      "pixel_order",
+      [](int64_t batch, const std::vector<int64_t>& row_bands,
+         const std::vector<int64_t>& col_bands) {
+        const atrous::PixelOrder order{batch, bands_from_list(row_bands), bands_from_list(col_bands)};
+        const int64_t total = batch * row_bands.back() * col_bands.back();
+        std::vector<std::tuple<int64_t, int64_t, int64_t>> pixels;
+        pixels.reserve(total);
+        for (int64_t m = 0; m < total; ++m) {
+          const atrous::Pixel px = atrous::pixel_at(order, m);
+          pixels.emplace_back(px.n, px.y, px.x);
+        }
+        return pixels;
+      },
+      py::arg("batch"), py::arg("row_bands"), py::arg("col_bands"),
+      "Every GEMM row's (n, y, x) in the CUDA kernels' tap-class order.");
   m.def("output_index_for_input", &atrous::output_index_for_input, py::arg("index"),
         py::arg("out"), py::arg("tap"), py::arg("stride"), py::arg("pad_before"),
         py::arg("dilation"));

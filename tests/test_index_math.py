@@ -118,3 +118,79 @@ def test_output_index_for_input_round_trip():
         for o in range(out):
             i = o * stride - pad_before + tap * dilation
             assert _C.output_index_for_input(i, out, tap, stride, pad_before, dilation) == o
+
+
+# ------------------------------------------------ tap-class pixel order (CUDA) --
+# The CUDA implicit GEMM walks pixels band by band so that a tile rarely mixes
+# pixels with different sets of valid taps; these check the shared math it uses.
+
+AXIS_CASES = [
+    # size, kernel, stride, pad_before, pad_after, dilation
+    (33, 3, 1, 12, 12, 12),   # ASPP rate 12 on a 33x33 map
+    (33, 3, 1, 36, 36, 36),   # rate beyond the map
+    (65, 3, 1, 24, 24, 24),
+    (17, 5, 2, 3, 1, 2),      # strided, asymmetric
+    (9, 2, 1, 0, 3, 3),       # even kernel
+    (8192, 3, 1, 1024, 0, 512),  # causal WaveNet
+    (12, 1, 1, 0, 0, 1),      # 1x1: a single band
+    (40, 17, 1, 8, 8, 1),     # kernel too wide for the band table: plain order
+]
+
+
+def _valid_taps_forward(o, size, kernel, stride, pad, dilation):
+    return frozenset(t for t in range(kernel) if 0 <= o * stride - pad + t * dilation < size)
+
+
+def _valid_taps_grad_input(i, out, kernel, stride, pad, dilation):
+    return frozenset(t for t in range(kernel) if _C.output_index_for_input(i, out, t, stride, pad, dilation) >= 0)
+
+
+@pytest.mark.parametrize("case", AXIS_CASES, ids=str)
+def test_forward_axis_bands_have_constant_valid_taps(case):
+    size, kernel, stride, pb, pa, dilation = case
+    out = _C.conv_out_size(size, pb, pa, kernel, stride, dilation)
+    begins = _C.forward_axis_bands(size, out, kernel, stride, pb, dilation)
+    assert begins[0] == 0 and begins[-1] == out and begins == sorted(set(begins))
+    if kernel > 7:  # more bands than the table holds: the plain order
+        assert begins == [0, out]
+        return
+    for b0, b1 in zip(begins, begins[1:]):
+        sets = {_valid_taps_forward(o, size, kernel, stride, pb, dilation) for o in range(b0, b1)}
+        assert len(sets) == 1, (b0, b1, sets)
+
+
+@pytest.mark.parametrize("case", AXIS_CASES, ids=str)
+def test_grad_input_axis_bands_have_constant_valid_taps(case):
+    size, kernel, stride, pb, pa, dilation = case
+    out = _C.conv_out_size(size, pb, pa, kernel, stride, dilation)
+    begins = _C.grad_input_axis_bands(size, out, kernel, stride, pb, dilation)
+    assert begins[0] == 0 and begins[-1] == size and begins == sorted(set(begins))
+    if stride != 1 or kernel > 7:
+        assert begins == [0, size]
+        return
+    for b0, b1 in zip(begins, begins[1:]):
+        sets = {_valid_taps_grad_input(i, out, kernel, stride, pb, dilation) for i in range(b0, b1)}
+        assert len(sets) == 1, (b0, b1, sets)
+
+
+def test_aspp_bands_split_the_plane_into_nine_tap_classes():
+    begins = _C.forward_axis_bands(33, 33, 3, 1, 12, 12)
+    assert begins == [0, 12, 21, 33]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("rows,cols", [([0, 12, 21, 33], [0, 12, 21, 33]), ([0, 5], [0, 2, 7]), ([0, 1], [0, 9])])
+def test_pixel_order_is_a_permutation_walking_band_rectangles(batch, rows, cols):
+    pixels = _C.pixel_order(batch, rows, cols)
+    height, width = rows[-1], cols[-1]
+    assert sorted(pixels) == [(n, y, x) for n in range(batch) for y in range(height) for x in range(width)]
+    # Consecutive rows stay inside one band rectangle until it is exhausted.
+    def rect(p):
+        return (max(i for i, b in enumerate(rows[:-1]) if b <= p[1]), max(i for i, b in enumerate(cols[:-1]) if b <= p[2]))
+    seen, previous = set(), None
+    for p in pixels:
+        r = rect(p)
+        if r != previous:
+            assert r not in seen, "a band rectangle was visited twice"
+            seen.add(r)
+            previous = r

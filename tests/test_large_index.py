@@ -44,10 +44,12 @@ def _check(device):
     y = atrous_cuda.atrous_conv2d(x, w, b, padding=(DILATION, 0), dilation=(DILATION, 1))
     assert y.shape == x.shape and y.numel() > 2**31
     del x
-    # Rows and columns whose flat offsets lie beyond 2^31, plus the last element.
-    for i, j in ((SIDE - 1, SIDE - 1), (SIDE - 1, 0), (SIDE - 500, 1234), (46340 - DILATION, 77)):
-        assert (i * SIDE + j) > 2**31 - SIDE
+    # Flat offsets past 2^31 start in the last row at column 41708. Check
+    # outputs stored past 2^31, and outputs that read inputs past 2^31 through
+    # the lower tap (row SIDE-1-DILATION reads row SIDE-1).
+    for i, j in ((SIDE - 1, SIDE - 1), (SIDE - 1, 41708), (SIDE - 1 - DILATION, 45000), (SIDE - 1, 5)):
         assert y[0, 0, i, j].item() == _expected(i, j), (i, j)
+    assert (SIDE - 1) * SIDE + 41708 >= 2**31 > (SIDE - 1) * SIDE + 41707
 
 
 @pytest.mark.skipif(os.environ.get("ATROUS_BIG_TESTS") != "1",

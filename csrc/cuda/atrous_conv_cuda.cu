@@ -106,8 +106,14 @@ Tensor conv_forward_cuda(const Tensor& input, const Tensor& weight,
       const Tensor w = pack_weight_forward(weight, p, cols);
       const bool vector_ok = p.in_channels % 8 == 0 && p.in_channels_per_group() % 8 == 0 &&
                              aligned16(x.data_ptr());
+      const PixelOrder order{
+          p.batch,
+          forward_axis_bands(p.in_height, p.out_height, p.kernel_height, p.stride_h, p.pad_top,
+                             p.dilation_h),
+          forward_axis_bands(p.in_width, p.out_width, p.kernel_width, p.stride_w, p.pad_left,
+                             p.dilation_w)};
       launch_implicit_gemm_forward<scalar_t>(ImplicitGemmArgs{
-          p, x.data_ptr(), w.data_ptr(), bias_ptr, out.data_ptr(), strides_of(out), cols,
+          p, order, x.data_ptr(), w.data_ptr(), bias_ptr, out.data_ptr(), strides_of(out), cols,
           vector_ok, stream});
     }
   });
@@ -151,8 +157,14 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cuda(
         const Tensor w = pack_weight_grad_input(weight, p, cols);
         const bool vector_ok = p.out_channels % 8 == 0 && p.out_channels_per_group() % 8 == 0 &&
                                aligned16(gy.data_ptr());
+        const PixelOrder order{
+            p.batch,
+            grad_input_axis_bands(p.in_height, p.out_height, p.kernel_height, p.stride_h,
+                                  p.pad_top, p.dilation_h),
+            grad_input_axis_bands(p.in_width, p.out_width, p.kernel_width, p.stride_w,
+                                  p.pad_left, p.dilation_w)};
         launch_implicit_gemm_grad_input<scalar_t>(ImplicitGemmArgs{
-            p, gy.data_ptr(), w.data_ptr(), nullptr, grad_input.data_ptr(),
+            p, order, gy.data_ptr(), w.data_ptr(), nullptr, grad_input.data_ptr(),
             strides_of(grad_input), cols, vector_ok, stream});
       }
     }

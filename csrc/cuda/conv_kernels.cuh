@@ -125,11 +125,9 @@ __device__ __forceinline__ int64_t gather_row_offset(const ConvParams& p, int64_
 
 template <bool kGradInput>
 struct GemmShape {
-  int64_t rows_y, rows_x, M, cols, depth;
+  int64_t M, cols, depth;
   __device__ __host__ explicit GemmShape(const ConvParams& p) {
-    rows_y = kGradInput ? p.in_height : p.out_height;
-    rows_x = kGradInput ? p.in_width : p.out_width;
-    M = p.batch * rows_y * rows_x;
+    M = kGradInput ? p.batch * p.in_height * p.in_width : p.batch * p.out_height * p.out_width;
     cols = kGradInput ? p.in_channels_per_group() : p.out_channels_per_group();
     depth = kGradInput ? p.out_channels_per_group() : p.in_channels_per_group();
   }
@@ -138,27 +136,39 @@ struct GemmShape {
 // Writes one GEMM result element to the (strided) output or grad_input.
 template <bool kGradInput, typename T, typename acc_t>
 __device__ __forceinline__ void store_result(const ImplicitGemmArgs& args,
-                                             const GemmShape<kGradInput>& shape, int64_t m,
+                                             const GemmShape<kGradInput>& shape, const Pixel& px,
                                              int64_t col, int64_t group, acc_t value) {
-  const int64_t x = m % shape.rows_x;
-  const int64_t y = (m / shape.rows_x) % shape.rows_y;
-  const int64_t n = m / (shape.rows_x * shape.rows_y);
   const int64_t channel = group * shape.cols + col;
   if (!kGradInput && args.bias != nullptr)
     value += to_acc(static_cast<const T*>(args.bias)[channel]);
   const Strides4& s = args.out_strides;
-  static_cast<T*>(args.out)[n * s.n + channel * s.c + y * s.h + x * s.w] = from_acc<T>(value);
+  static_cast<T*>(args.out)[px.n * s.n + channel * s.c + px.y * s.h + px.x * s.w] =
+      from_acc<T>(value);
+}
+
+// The pixels of a tile's rows, in the tap-class order of args.order
+// (pixel_at in atrous_index.h); n = -1 marks rows past the end.
+template <int BM>
+__device__ __forceinline__ void load_tile_pixels(const ImplicitGemmArgs& args, int64_t M,
+                                                 int64_t m0, Pixel* row_pixel) {
+  for (int r = threadIdx.x; r < BM; r += blockDim.x) {
+    const int64_t m = m0 + r;
+    row_pixel[r] = m < M ? pixel_at(args.order, m) : Pixel{-1, 0, 0};
+  }
+  __syncthreads();
 }
 
 // ---------------------------------------------- implicit GEMM, SIMT (fp32/64) --
 
-// A BM x BN tile of C per block of 256 threads in a 16 x 16 grid; thread
+// A BM x BN tile of C per block of 256 threads in a 16 x 16 grid (two blocks
+// per SM: at most 128 registers, which ptxas otherwise undercuts with spills); thread
 // (ty, tx) owns rows ty + 16 i and columns tx + 16 j, so shared-memory reads
 // of B are conflict-free and reads of A are broadcasts. The K loop runs over
 // taps, and a tap none of whose BM rows reads inside the image is skipped by
-// the whole block (the padding skip); within a tap, over BK channels at a time.
+// the whole block (the padding skip: rows are in tap-class order, so tiles
+// rarely straddle classes); within a tap, over BK channels at a time.
 template <typename T, int BM, int BN, int BK, bool kGradInput>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, 2)
     implicit_gemm_simt_kernel(const ImplicitGemmArgs args) {
   using acc_t = typename AccType<T>::type;
   constexpr int TM = BM / 16, TN = BN / 16;
@@ -175,6 +185,8 @@ __global__ void __launch_bounds__(256)
   __shared__ acc_t As[BK][BM + 4];
   __shared__ acc_t Bs[BK][BN + 4];
   __shared__ int64_t row_offset[BM];
+  __shared__ Pixel row_pixel[BM];
+  load_tile_pixels<BM>(args, shape.M, m0, row_pixel);
 
   acc_t acc[TM][TN];
 #pragma unroll
@@ -187,13 +199,9 @@ __global__ void __launch_bounds__(256)
       const int64_t tap = kh * p.kernel_width + kw;
       int any_valid = 0;
       for (int r = tid; r < BM; r += blockDim.x) {
-        const int64_t m = m0 + r;
-        int64_t off = -1;
-        if (m < shape.M) {
-          const int64_t x = m % shape.rows_x, y = (m / shape.rows_x) % shape.rows_y;
-          const int64_t n = m / (shape.rows_x * shape.rows_y);
-          off = gather_row_offset<kGradInput>(p, n, y, x, kh, kw, group);
-        }
+        const Pixel px = row_pixel[r];
+        const int64_t off =
+            px.n >= 0 ? gather_row_offset<kGradInput>(p, px.n, px.y, px.x, kh, kw, group) : -1;
         row_offset[r] = off;
         any_valid |= off >= 0;
       }
@@ -232,9 +240,10 @@ __global__ void __launch_bounds__(256)
   for (int i = 0; i < TM; ++i)
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-      const int64_t m = m0 + ty + 16 * i, col = n0 + tx + 16 * j;
-      if (m < shape.M && col < shape.cols)
-        store_result<kGradInput, T>(args, shape, m, col, group, acc[i][j]);
+      const int r = ty + 16 * i;
+      const int64_t col = n0 + tx + 16 * j;
+      if (row_pixel[r].n >= 0 && col < shape.cols)
+        store_result<kGradInput, T>(args, shape, row_pixel[r], col, group, acc[i][j]);
     }
 }
 
@@ -265,7 +274,7 @@ __device__ __forceinline__ void zero8(T* dst) {
 }
 
 template <typename T, bool kGradInput>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, 2)
     implicit_gemm_tc_kernel(const ImplicitGemmArgs args) {
   const ConvParams& p = args.conv;
   const GemmShape<kGradInput> shape(p);
@@ -282,6 +291,8 @@ __global__ void __launch_bounds__(256)
   __shared__ __align__(128) T Bs[kTcBK][kTcBN + kTcPad];
   __shared__ __align__(128) float scratch[8][16 * 16];
   __shared__ int64_t row_offset[kTcBM];
+  __shared__ Pixel row_pixel[kTcBM];
+  load_tile_pixels<kTcBM>(args, shape.M, m0, row_pixel);
 
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][4];
 #pragma unroll
@@ -294,13 +305,9 @@ __global__ void __launch_bounds__(256)
       const int64_t tap = kh * p.kernel_width + kw;
       int any_valid = 0;
       for (int r = tid; r < kTcBM; r += blockDim.x) {
-        const int64_t m = m0 + r;
-        int64_t off = -1;
-        if (m < shape.M) {
-          const int64_t x = m % shape.rows_x, y = (m / shape.rows_x) % shape.rows_y;
-          const int64_t n = m / (shape.rows_x * shape.rows_y);
-          off = gather_row_offset<kGradInput>(p, n, y, x, kh, kw, group);
-        }
+        const Pixel px = row_pixel[r];
+        const int64_t off =
+            px.n >= 0 ? gather_row_offset<kGradInput>(p, px.n, px.y, px.x, kh, kw, group) : -1;
         row_offset[r] = off;
         any_valid |= off >= 0;
       }
@@ -354,10 +361,10 @@ __global__ void __launch_bounds__(256)
       wmma::store_matrix_sync(scratch[warp], acc[i][j], 16, wmma::mem_row_major);
       __syncwarp();
       for (int e = lane; e < 256; e += 32) {
-        const int64_t m = m0 + warp_m * 32 + i * 16 + e / 16;
+        const int r = warp_m * 32 + i * 16 + e / 16;
         const int64_t col = n0 + warp_n * 64 + j * 16 + e % 16;
-        if (m < shape.M && col < shape.cols)
-          store_result<kGradInput, T>(args, shape, m, col, group, scratch[warp][e]);
+        if (row_pixel[r].n >= 0 && col < shape.cols)
+          store_result<kGradInput, T>(args, shape, row_pixel[r], col, group, scratch[warp][e]);
       }
       __syncwarp();
     }
@@ -431,7 +438,7 @@ __device__ __forceinline__ void split_range(int64_t count, int64_t splits, int64
 // Block index x enumerates (group, tap, co tile, ci tile); y is the split.
 // C[co][ci] of the partial for (split, group*taps + tap) is written row-major.
 template <typename T, int BM, int BN, int BK>
-__global__ void __launch_bounds__(256) grad_weight_simt_kernel(const GradWeightArgs args) {
+__global__ void __launch_bounds__(256, 2) grad_weight_simt_kernel(const GradWeightArgs args) {
   using acc_t = typename AccType<T>::type;
   constexpr int TM = BM / 16, TN = BN / 16;
   const ConvParams& p = args.conv;
@@ -511,7 +518,7 @@ __global__ void __launch_bounds__(256) grad_weight_simt_kernel(const GradWeightA
 // Tensor-core grad_weight: A = grad_y^T staged column-major (As[k][co]),
 // B = x staged row-major (Bs[k][ci]); 128 x 128 tile, BK = 32 pixels.
 template <typename T>
-__global__ void __launch_bounds__(256) grad_weight_tc_kernel(const GradWeightArgs args) {
+__global__ void __launch_bounds__(256, 2) grad_weight_tc_kernel(const GradWeightArgs args) {
   const ConvParams& p = args.conv;
   const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
   const int64_t tiles_m = (cog + kTcBM - 1) / kTcBM, tiles_n = (cig + kTcBN - 1) / kTcBN;

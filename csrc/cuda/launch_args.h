@@ -23,6 +23,7 @@ struct Strides4 {
 //               k = (tap, out channel), A gathered from the NHWC grad_output.
 struct ImplicitGemmArgs {
   ConvParams conv;
+  PixelOrder order;    // GEMM row m -> pixel, grouped by which taps are valid
   const void* a;       // NHWC input (forward) or grad_output (grad_input)
   const void* b;       // packed weights [groups][taps][depth][b_cols], zero-padded columns
   const void* bias;    // forward only; nullptr for none
