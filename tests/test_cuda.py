@@ -250,3 +250,43 @@ def test_cuda_opcheck():
     x, w, b, _ = _cuda_inputs("groups4", torch.float32)
     args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), [1, 2], [2, 1, 0, 3], [2, 1], 4)
     torch.library.opcheck(torch.ops.atrous.conv_forward.default, args)
+
+
+@pytest.fixture
+def tf32_matmul():
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("name", ["dilation6", "wide_channels", "groups4"])
+def test_cuda_float32_uses_tf32_only_when_torch_allows_it(name, tf32_matmul):
+    """With torch.backends.cuda.matmul.allow_tf32 the float32 GEMMs run on TF32
+    tensor cores: inputs rounded to a 10-bit mantissa (unit roundoff 2^-11),
+    products summed in fp32. Against a float64 reference the error is then a
+    few 2^-11 relative to the terms, so we allow 2^-11 * sqrt(K) * max|ref|
+    with K = Cin/g * kH * kW terms (random rounding errors add like a random
+    walk), times 4. The result is also deterministic and, for K in the
+    hundreds, different from the exact float32 path, which shows TF32 ran."""
+    x, w, b, kwargs = _cuda_inputs(name, torch.float32)
+    tf32 = conv_and_grads(atrous_conv, x, w, b, **kwargs)
+    again = conv_and_grads(atrous_conv, x, w, b, **kwargs)
+    assert_bitwise_equal(tf32, again)
+    ref = conv_and_grads(reference_conv, x.double(), w.double(), b.double(),
+                         grad_output=seeded_randn(tf32.out.shape, torch.float64, seed=1, device=DEVICE), **kwargs)
+    k_forward = w.shape[1] * w.shape[2] * w.shape[3]
+    groups = kwargs.get("groups", 1)
+    pixels = tf32.out.numel() // tf32.out.shape[1]
+    terms = {"out": k_forward, "grad_input": w.shape[0] // groups * w.shape[2] * w.shape[3],
+             "grad_weight": pixels, "grad_bias": pixels}
+    for field, ours, want in zip(tf32._fields, tf32, ref):
+        if want is None:
+            continue
+        scale = want.abs().max().item()
+        atol = 4 * 2.0**-11 * terms[field] ** 0.5 * scale
+        torch.testing.assert_close(ours.double(), want, rtol=0, atol=atol, msg=lambda m: f"{field}: {m}")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    exact = conv_and_grads(atrous_conv, x, w, b, **kwargs)
+    if k_forward >= 100:
+        assert not torch.equal(exact.out, tf32.out), "allow_tf32 had no effect on the float32 forward"

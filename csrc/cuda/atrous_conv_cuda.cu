@@ -61,6 +61,14 @@ bool aligned16(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) %
 
 int64_t round_up8(int64_t v) { return (v + 7) / 8 * 8; }
 
+// float32 uses TF32 tensor cores only when torch's matmul flag asks for it
+// (torch.backends.cuda.matmul.allow_tf32, or set_float32_matmul_precision
+// 'high'/'medium'), which is off by default: exact fp32 is the default.
+// torch.backends.cudnn.allow_tf32 is on by default, so it is not the switch.
+bool allow_tf32(const Tensor& input) {
+  return input.scalar_type() == at::kFloat && at::globalContext().allowTF32CuBLAS();
+}
+
 // Forward B: packed[g][tap][ci][co], co padded with zeros to `cols`.
 Tensor pack_weight_forward(const Tensor& weight, const ConvParams& p, int64_t cols) {
   const Tensor w = weight
@@ -114,7 +122,7 @@ Tensor conv_forward_cuda(const Tensor& input, const Tensor& weight,
                              p.dilation_w)};
       launch_implicit_gemm_forward<scalar_t>(ImplicitGemmArgs{
           p, order, x.data_ptr(), w.data_ptr(), bias_ptr, out.data_ptr(), strides_of(out), cols,
-          vector_ok, stream});
+          vector_ok, allow_tf32(input), stream});
     }
   });
   return out;
@@ -165,7 +173,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cuda(
                                   p.pad_left, p.dilation_w)};
         launch_implicit_gemm_grad_input<scalar_t>(ImplicitGemmArgs{
             p, order, gy.data_ptr(), w.data_ptr(), nullptr, grad_input.data_ptr(),
-            strides_of(grad_input), cols, vector_ok, stream});
+            strides_of(grad_input), cols, vector_ok, allow_tf32(input), stream});
       }
     }
     if (output_mask[1] && grad_weight.numel() > 0) {
@@ -190,7 +198,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cuda(
         launch_grad_weight<scalar_t>(GradWeightArgs{p, gy.data_ptr(), x.data_ptr(),
                                                     partials.data_ptr(), grad_weight.data_ptr(),
                                                     strides_of(grad_weight), splits, vector_ok,
-                                                    stream});
+                                                    allow_tf32(input), stream});
       }
     }
     if (output_mask[2] && grad_bias.numel() > 0) {

@@ -250,31 +250,79 @@ __global__ void __launch_bounds__(256, 2)
 // ------------------------------------- implicit GEMM, tensor cores (fp16/bf16) --
 
 // 128 x 128 tile per block, BK = 32; 8 warps in a 4 x 2 grid, each owning a
-// 32 x 64 slab of C as 2 x 4 WMMA 16x16x16 fragments with fp32 accumulators.
+// 32 x 64 slab of C as 2 x 4 WMMA 16x16 fragments with fp32 accumulators.
 // A is staged row-major (BM x BK), B row-major (BK x BN); rows are padded by
-// 8 elements (16 bytes) so fragment loads do not all hit the same banks.
+// 16 bytes so fragment loads do not all hit the same banks. Global loads move
+// 16-byte chunks (8 half/bfloat16 or 4 float values).
+//
+// float runs here only as TF32 (10-bit mantissa products, fp32 sums), when
+// torch.backends.cuda.matmul.allow_tf32 asks for it; exact fp32 takes the
+// SIMT kernel.
 namespace wmma = nvcuda::wmma;
-constexpr int kTcBM = 128, kTcBN = 128, kTcBK = 32, kTcPad = 8;
+constexpr int kTcBM = 128, kTcBN = 128, kTcBK = 32;
 
-// Loads 8 consecutive elements (16 bytes) when allowed, else one at a time
-// with bounds; `limit` is the number of valid elements from `src`.
 template <typename T>
-__device__ __forceinline__ void load8(T* dst, const T* src, int64_t limit, bool vector_ok) {
-  if (vector_ok && limit >= 8) {
+struct TensorCoreTraits;
+template <>
+struct TensorCoreTraits<__half> {
+  using fragment_t = __half;
+  static constexpr int kK = 16;  // K of one WMMA step
+};
+template <>
+struct TensorCoreTraits<__nv_bfloat16> {
+  using fragment_t = __nv_bfloat16;
+  static constexpr int kK = 16;
+};
+template <>
+struct TensorCoreTraits<float> {
+  using fragment_t = wmma::precision::tf32;
+  static constexpr int kK = 8;
+};
+
+template <typename T>
+constexpr int chunk_elems() {
+  return 16 / static_cast<int>(sizeof(T));
+}
+
+// Rounds a loaded TF32 fragment's float values to TF32, as WMMA requires.
+template <typename Fragment>
+__device__ __forceinline__ void round_to_tf32(Fragment& f) {
+#pragma unroll
+  for (int t = 0; t < f.num_elements; ++t) f.x[t] = wmma::__float_to_tf32(f.x[t]);
+}
+
+template <typename T, typename Fragment>
+__device__ __forceinline__ void prepare_fragment(Fragment& f) {
+  if constexpr (sizeof(T) == 4) round_to_tf32(f);
+}
+
+// Loads one 16-byte chunk when allowed, else one element at a time with
+// bounds; `limit` is the number of valid elements from `src`.
+template <typename T>
+__device__ __forceinline__ void load_chunk(T* dst, const T* src, int64_t limit, bool vector_ok) {
+  constexpr int kChunk = chunk_elems<T>();
+  if (vector_ok && limit >= kChunk) {
     *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
   } else {
 #pragma unroll
-    for (int i = 0; i < 8; ++i) dst[i] = i < limit ? src[i] : zero_value<T>();
+    for (int i = 0; i < kChunk; ++i) dst[i] = i < limit ? src[i] : zero_value<T>();
   }
 }
 
 template <typename T>
-__device__ __forceinline__ void zero8(T* dst) {
+__device__ __forceinline__ void zero_chunk(T* dst) {
   *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
 }
 
+// Two blocks per SM (<= 128 registers) for 16-bit inputs; TF32 fragments take
+// more registers, so float gets one block per SM rather than spills.
+template <typename T>
+constexpr int tc_min_blocks() {
+  return sizeof(T) == 4 ? 1 : 2;
+}
+
 template <typename T, bool kGradInput>
-__global__ void __launch_bounds__(256, 2)
+__global__ void __launch_bounds__(256, tc_min_blocks<T>())
     implicit_gemm_tc_kernel(const ImplicitGemmArgs args) {
   const ConvParams& p = args.conv;
   const GemmShape<kGradInput> shape(p);
@@ -287,14 +335,17 @@ __global__ void __launch_bounds__(256, 2)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int warp_m = warp / 2, warp_n = warp % 2;
 
-  __shared__ __align__(128) T As[kTcBM][kTcBK + kTcPad];
-  __shared__ __align__(128) T Bs[kTcBK][kTcBN + kTcPad];
+  using Traits = TensorCoreTraits<T>;
+  using F = typename Traits::fragment_t;
+  constexpr int kChunk = chunk_elems<T>(), kPad = chunk_elems<T>();
+  __shared__ __align__(128) T As[kTcBM][kTcBK + kPad];
+  __shared__ __align__(128) T Bs[kTcBK][kTcBN + kPad];
   __shared__ __align__(128) float scratch[8][16 * 16];
   __shared__ int64_t row_offset[kTcBM];
   __shared__ Pixel row_pixel[kTcBM];
   load_tile_pixels<kTcBM>(args, shape.M, m0, row_pixel);
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][4];
+  wmma::fragment<wmma::accumulator, 16, 16, TensorCoreTraits<T>::kK, float> acc[2][4];
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -314,36 +365,40 @@ __global__ void __launch_bounds__(256, 2)
       if (!__syncthreads_or(any_valid)) continue;  // the whole tile reads padding
       const T* b_tap = b + (group * p.taps() + tap) * shape.depth * args.b_cols;
       for (int64_t c0 = 0; c0 < shape.depth; c0 += kTcBK) {
-        // A: 128 rows x 32 channels = 512 chunks of 8.
-        for (int e = tid; e < kTcBM * (kTcBK / 8); e += blockDim.x) {
-          const int r = e / (kTcBK / 8), q = (e % (kTcBK / 8)) * 8;
+        // A: 128 rows x 32 channels, in 16-byte chunks.
+        for (int e = tid; e < kTcBM * (kTcBK / kChunk); e += blockDim.x) {
+          const int r = e / (kTcBK / kChunk), q = (e % (kTcBK / kChunk)) * kChunk;
           const int64_t off = row_offset[r], c = c0 + q;
           if (off >= 0 && c < shape.depth)
-            load8(&As[r][q], a + off + c, shape.depth - c, args.a_vector_ok);
+            load_chunk(&As[r][q], a + off + c, shape.depth - c, args.a_vector_ok);
           else
-            zero8(&As[r][q]);
+            zero_chunk(&As[r][q]);
         }
-        // B: 32 rows x 128 columns = 512 chunks of 8; packed rows are padded
-        // to b_cols (a multiple of 8) on a fresh allocation, so always aligned.
-        for (int e = tid; e < kTcBK * (kTcBN / 8); e += blockDim.x) {
-          const int kk = e / (kTcBN / 8), q = (e % (kTcBN / 8)) * 8;
+        // B: 32 rows x 128 columns; packed rows are padded to b_cols (a
+        // multiple of 8) on a fresh allocation, so chunks are always aligned.
+        for (int e = tid; e < kTcBK * (kTcBN / kChunk); e += blockDim.x) {
+          const int kk = e / (kTcBN / kChunk), q = (e % (kTcBN / kChunk)) * kChunk;
           const int64_t k = c0 + kk, col = n0 + q;
           if (k < shape.depth && col < args.b_cols)
-            load8(&Bs[kk][q], b_tap + k * args.b_cols + col, args.b_cols - col, true);
+            load_chunk(&Bs[kk][q], b_tap + k * args.b_cols + col, args.b_cols - col, true);
           else
-            zero8(&Bs[kk][q]);
+            zero_chunk(&Bs[kk][q]);
         }
         __syncthreads();
 #pragma unroll
-        for (int kk = 0; kk < kTcBK; kk += 16) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a_frag[2];
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b_frag[4];
+        for (int kk = 0; kk < kTcBK; kk += Traits::kK) {
+          wmma::fragment<wmma::matrix_a, 16, 16, Traits::kK, F, wmma::row_major> a_frag[2];
+          wmma::fragment<wmma::matrix_b, 16, 16, Traits::kK, F, wmma::row_major> b_frag[4];
 #pragma unroll
-          for (int i = 0; i < 2; ++i)
-            wmma::load_matrix_sync(a_frag[i], &As[warp_m * 32 + i * 16][kk], kTcBK + kTcPad);
+          for (int i = 0; i < 2; ++i) {
+            wmma::load_matrix_sync(a_frag[i], &As[warp_m * 32 + i * 16][kk], kTcBK + kPad);
+            prepare_fragment<T>(a_frag[i]);
+          }
 #pragma unroll
-          for (int j = 0; j < 4; ++j)
-            wmma::load_matrix_sync(b_frag[j], &Bs[kk][warp_n * 64 + j * 16], kTcBN + kTcPad);
+          for (int j = 0; j < 4; ++j) {
+            wmma::load_matrix_sync(b_frag[j], &Bs[kk][warp_n * 64 + j * 16], kTcBN + kPad);
+            prepare_fragment<T>(b_frag[j]);
+          }
 #pragma unroll
           for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -375,12 +430,15 @@ void launch_implicit_gemm(const ImplicitGemmArgs& args) {
   using T = typename DeviceType<scalar_t>::type;
   const GemmShape<kGradInput> shape(args.conv);
   if (shape.M == 0 || shape.cols == 0) return;
-  constexpr bool kTensorCores = sizeof(T) == 2;
-  if constexpr (kTensorCores) {
+  // Tensor cores for half/bfloat16, and for float when TF32 is allowed.
+  bool tensor_cores = sizeof(T) == 2;
+  if constexpr (sizeof(T) == 4) tensor_cores = args.allow_tf32;
+  if (tensor_cores) {
     const int64_t gx = ceil_div_host(shape.M, kTcBM) * args.conv.groups;
     const int64_t gy = ceil_div_host(shape.cols, kTcBN);
     check_grid(gx, gy, 1, "implicit GEMM");
-    implicit_gemm_tc_kernel<T, kGradInput><<<grid3(gx, gy, 1), 256, 0, args.stream>>>(args);
+    if constexpr (sizeof(T) <= 4)
+      implicit_gemm_tc_kernel<T, kGradInput><<<grid3(gx, gy, 1), 256, 0, args.stream>>>(args);
   } else {
     constexpr int BM = sizeof(T) == 8 ? 64 : 128, BN = BM, BK = 8;
     const int64_t gx = ceil_div_host(shape.M, BM) * args.conv.groups;
@@ -518,7 +576,7 @@ __global__ void __launch_bounds__(256, 2) grad_weight_simt_kernel(const GradWeig
 // Tensor-core grad_weight: A = grad_y^T staged column-major (As[k][co]),
 // B = x staged row-major (Bs[k][ci]); 128 x 128 tile, BK = 32 pixels.
 template <typename T>
-__global__ void __launch_bounds__(256, 2) grad_weight_tc_kernel(const GradWeightArgs args) {
+__global__ void __launch_bounds__(256, tc_min_blocks<T>()) grad_weight_tc_kernel(const GradWeightArgs args) {
   const ConvParams& p = args.conv;
   const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
   const int64_t tiles_m = (cog + kTcBM - 1) / kTcBM, tiles_n = (cig + kTcBN - 1) / kTcBN;
@@ -535,12 +593,15 @@ __global__ void __launch_bounds__(256, 2) grad_weight_tc_kernel(const GradWeight
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int warp_m = warp / 2, warp_n = warp % 2;
 
-  __shared__ __align__(128) T As[kTcBK][kTcBM + kTcPad];
-  __shared__ __align__(128) T Bs[kTcBK][kTcBN + kTcPad];
+  using Traits = TensorCoreTraits<T>;
+  using F = typename Traits::fragment_t;
+  constexpr int kChunk = chunk_elems<T>(), kPad = chunk_elems<T>();
+  __shared__ __align__(128) T As[kTcBK][kTcBM + kPad];
+  __shared__ __align__(128) T Bs[kTcBK][kTcBN + kPad];
   __shared__ __align__(128) float scratch[8][16 * 16];
   __shared__ int64_t gy_off[kTcBK], x_off[kTcBK];
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][4];
+  wmma::fragment<wmma::accumulator, 16, 16, TensorCoreTraits<T>::kK, float> acc[2][4];
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -559,33 +620,37 @@ __global__ void __launch_bounds__(256, 2) grad_weight_tc_kernel(const GradWeight
       }
     }
     __syncthreads();
-    for (int e = tid; e < kTcBK * (kTcBM / 8); e += blockDim.x) {
-      const int kk = e / (kTcBM / 8), q = (e % (kTcBM / 8)) * 8;
+    for (int e = tid; e < kTcBK * (kTcBM / kChunk); e += blockDim.x) {
+      const int kk = e / (kTcBM / kChunk), q = (e % (kTcBM / kChunk)) * kChunk;
       const int64_t co = m0 + q;
       if (gy_off[kk] >= 0 && co < cog)
-        load8(&As[kk][q], gy + gy_off[kk] + co, cog - co, args.vector_ok);
+        load_chunk(&As[kk][q], gy + gy_off[kk] + co, cog - co, args.vector_ok);
       else
-        zero8(&As[kk][q]);
+        zero_chunk(&As[kk][q]);
     }
-    for (int e = tid; e < kTcBK * (kTcBN / 8); e += blockDim.x) {
-      const int kk = e / (kTcBN / 8), q = (e % (kTcBN / 8)) * 8;
+    for (int e = tid; e < kTcBK * (kTcBN / kChunk); e += blockDim.x) {
+      const int kk = e / (kTcBN / kChunk), q = (e % (kTcBN / kChunk)) * kChunk;
       const int64_t ci = n0 + q;
       if (x_off[kk] >= 0 && ci < cig)
-        load8(&Bs[kk][q], x + x_off[kk] + ci, cig - ci, args.vector_ok);
+        load_chunk(&Bs[kk][q], x + x_off[kk] + ci, cig - ci, args.vector_ok);
       else
-        zero8(&Bs[kk][q]);
+        zero_chunk(&Bs[kk][q]);
     }
     __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < kTcBK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> a_frag[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b_frag[4];
+    for (int kk = 0; kk < kTcBK; kk += Traits::kK) {
+      wmma::fragment<wmma::matrix_a, 16, 16, Traits::kK, F, wmma::col_major> a_frag[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, Traits::kK, F, wmma::row_major> b_frag[4];
 #pragma unroll
-      for (int i = 0; i < 2; ++i)
-        wmma::load_matrix_sync(a_frag[i], &As[kk][warp_m * 32 + i * 16], kTcBM + kTcPad);
+      for (int i = 0; i < 2; ++i) {
+        wmma::load_matrix_sync(a_frag[i], &As[kk][warp_m * 32 + i * 16], kTcBM + kPad);
+        prepare_fragment<T>(a_frag[i]);
+      }
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-        wmma::load_matrix_sync(b_frag[j], &Bs[kk][warp_n * 64 + j * 16], kTcBN + kTcPad);
+      for (int j = 0; j < 4; ++j) {
+        wmma::load_matrix_sync(b_frag[j], &Bs[kk][warp_n * 64 + j * 16], kTcBN + kPad);
+        prepare_fragment<T>(b_frag[j]);
+      }
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -643,11 +708,14 @@ void launch_grad_weight_impl(const GradWeightArgs& args) {
   using T = typename DeviceType<scalar_t>::type;
   const ConvParams& p = args.conv;
   const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
-  if constexpr (sizeof(T) == 2) {
+  bool tensor_cores = sizeof(T) == 2;
+  if constexpr (sizeof(T) == 4) tensor_cores = args.allow_tf32;
+  if (tensor_cores) {
     const int64_t tiles = ceil_div_host(cog, kTcBM) * ceil_div_host(cig, kTcBN);
     const int64_t gx = tiles * p.groups * p.taps();
     check_grid(gx, args.splits, 1, "grad_weight");
-    grad_weight_tc_kernel<T><<<grid3(gx, args.splits, 1), 256, 0, args.stream>>>(args);
+    if constexpr (sizeof(T) <= 4)
+      grad_weight_tc_kernel<T><<<grid3(gx, args.splits, 1), 256, 0, args.stream>>>(args);
   } else {
     constexpr int BM = sizeof(T) == 8 ? 64 : 128, BN = BM, BK = 8;
     const int64_t tiles = ceil_div_host(cog, BM) * ceil_div_host(cig, BN);

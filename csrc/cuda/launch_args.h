@@ -30,7 +30,8 @@ struct ImplicitGemmArgs {
   void* out;           // output or grad_input, strided by out_strides
   Strides4 out_strides;
   int64_t b_cols;      // columns per packed row, a multiple of 8
-  bool a_vector_ok;    // A rows are 16-byte aligned with depth a multiple of 8
+  bool a_vector_ok;    // A rows are 16-byte aligned, depth a multiple of 16 bytes
+  bool allow_tf32;     // float may use TF32 tensor cores (torch.backends.cuda.matmul.allow_tf32)
   cudaStream_t stream;
 };
 
@@ -45,7 +46,8 @@ struct GradWeightArgs {
   void* grad_weight;        // strided by weight_strides
   Strides4 weight_strides;
   int64_t splits;
-  bool vector_ok;           // channel rows 16-byte aligned, channels per group multiple of 8
+  bool vector_ok;           // channel rows 16-byte aligned, channels per group multiple of 16 bytes
+  bool allow_tf32;          // as in ImplicitGemmArgs
   cudaStream_t stream;
 };
 
