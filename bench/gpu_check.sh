@@ -13,8 +13,13 @@ PY=${PYTHON:-python3}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 logs=${GPU_CHECK_LOGS:-$(mktemp -d)}
-mkdir -p bench/results
+mkdir -p "$logs" bench/results
 gpu=$($PY -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-') if torch.cuda.is_available() else 'no-gpu')")
+if [ "$gpu" = no-gpu ] && [ "${GPU_CHECK_ALLOW_NO_GPU:-0}" != 1 ]; then
+  echo "gpu_check: torch sees no CUDA device; this check is for a machine with an NVIDIA GPU" >&2
+  echo "(GPU_CHECK_ALLOW_NO_GPU=1 runs it anyway, to test the script itself)" >&2
+  exit 2
+fi
 report=bench/results/gpu-check-${gpu}-${stamp}.md
 status=0
 declare -A result

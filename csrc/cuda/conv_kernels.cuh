@@ -425,29 +425,42 @@ __global__ void __launch_bounds__(256, tc_min_blocks<T>())
     }
 }
 
+template <typename T, bool kGradInput>
+void launch_implicit_gemm_tc(const ImplicitGemmArgs& args, const GemmShape<kGradInput>& shape) {
+  const int64_t gx = ceil_div_host(shape.M, kTcBM) * args.conv.groups;
+  const int64_t gy = ceil_div_host(shape.cols, kTcBN);
+  check_grid(gx, gy, 1, "implicit GEMM");
+  implicit_gemm_tc_kernel<T, kGradInput><<<grid3(gx, gy, 1), 256, 0, args.stream>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, bool kGradInput>
+void launch_implicit_gemm_simt(const ImplicitGemmArgs& args, const GemmShape<kGradInput>& shape) {
+  constexpr int BM = sizeof(T) == 8 ? 64 : 128, BN = BM, BK = 8;
+  const int64_t gx = ceil_div_host(shape.M, BM) * args.conv.groups;
+  const int64_t gy = ceil_div_host(shape.cols, BN);
+  check_grid(gx, gy, 1, "implicit GEMM");
+  implicit_gemm_simt_kernel<T, BM, BN, BK, kGradInput><<<grid3(gx, gy, 1), 256, 0, args.stream>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Tensor cores for half/bfloat16, and for float when TF32 is allowed; SIMT
+// FMA for exact float and for double.
 template <typename scalar_t, bool kGradInput>
 void launch_implicit_gemm(const ImplicitGemmArgs& args) {
   using T = typename DeviceType<scalar_t>::type;
   const GemmShape<kGradInput> shape(args.conv);
   if (shape.M == 0 || shape.cols == 0) return;
-  // Tensor cores for half/bfloat16, and for float when TF32 is allowed.
-  bool tensor_cores = sizeof(T) == 2;
-  if constexpr (sizeof(T) == 4) tensor_cores = args.allow_tf32;
-  if (tensor_cores) {
-    const int64_t gx = ceil_div_host(shape.M, kTcBM) * args.conv.groups;
-    const int64_t gy = ceil_div_host(shape.cols, kTcBN);
-    check_grid(gx, gy, 1, "implicit GEMM");
-    if constexpr (sizeof(T) <= 4)
-      implicit_gemm_tc_kernel<T, kGradInput><<<grid3(gx, gy, 1), 256, 0, args.stream>>>(args);
+  if constexpr (sizeof(T) == 2) {
+    launch_implicit_gemm_tc<T>(args, shape);
+  } else if constexpr (sizeof(T) == 4) {
+    if (args.allow_tf32)
+      launch_implicit_gemm_tc<T>(args, shape);
+    else
+      launch_implicit_gemm_simt<T>(args, shape);
   } else {
-    constexpr int BM = sizeof(T) == 8 ? 64 : 128, BN = BM, BK = 8;
-    const int64_t gx = ceil_div_host(shape.M, BM) * args.conv.groups;
-    const int64_t gy = ceil_div_host(shape.cols, BN);
-    check_grid(gx, gy, 1, "implicit GEMM");
-    implicit_gemm_simt_kernel<T, BM, BN, BK, kGradInput>
-        <<<grid3(gx, gy, 1), 256, 0, args.stream>>>(args);
+    launch_implicit_gemm_simt<T>(args, shape);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // ------------------------------------------------------------- grad_weight --
@@ -703,25 +716,38 @@ inline dim3 elementwise_blocks(int64_t n, int threads) {
   return dim3(static_cast<unsigned>(blocks < 1 ? 1 : (blocks > cap ? cap : blocks)));
 }
 
-template <typename scalar_t>
-void launch_grad_weight_impl(const GradWeightArgs& args) {
-  using T = typename DeviceType<scalar_t>::type;
+template <typename T, bool kTensorCores>
+void launch_grad_weight_gemm(const GradWeightArgs& args) {
   const ConvParams& p = args.conv;
   const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
-  bool tensor_cores = sizeof(T) == 2;
-  if constexpr (sizeof(T) == 4) tensor_cores = args.allow_tf32;
-  if (tensor_cores) {
+  if constexpr (kTensorCores) {
     const int64_t tiles = ceil_div_host(cog, kTcBM) * ceil_div_host(cig, kTcBN);
     const int64_t gx = tiles * p.groups * p.taps();
     check_grid(gx, args.splits, 1, "grad_weight");
-    if constexpr (sizeof(T) <= 4)
-      grad_weight_tc_kernel<T><<<grid3(gx, args.splits, 1), 256, 0, args.stream>>>(args);
+    grad_weight_tc_kernel<T><<<grid3(gx, args.splits, 1), 256, 0, args.stream>>>(args);
   } else {
     constexpr int BM = sizeof(T) == 8 ? 64 : 128, BN = BM, BK = 8;
     const int64_t tiles = ceil_div_host(cog, BM) * ceil_div_host(cig, BN);
     const int64_t gx = tiles * p.groups * p.taps();
     check_grid(gx, args.splits, 1, "grad_weight");
     grad_weight_simt_kernel<T, BM, BN, BK><<<grid3(gx, args.splits, 1), 256, 0, args.stream>>>(args);
+  }
+}
+
+template <typename scalar_t>
+void launch_grad_weight_impl(const GradWeightArgs& args) {
+  using T = typename DeviceType<scalar_t>::type;
+  const ConvParams& p = args.conv;
+  const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
+  if constexpr (sizeof(T) == 2) {
+    launch_grad_weight_gemm<T, true>(args);
+  } else if constexpr (sizeof(T) == 4) {
+    if (args.allow_tf32)
+      launch_grad_weight_gemm<T, true>(args);
+    else
+      launch_grad_weight_gemm<T, false>(args);
+  } else {
+    launch_grad_weight_gemm<T, false>(args);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int64_t total = p.groups * p.taps() * cog * cig;
