@@ -97,8 +97,8 @@ Tensor pack_weight_depthwise(const Tensor& weight, const ConvParams& p) {
       .contiguous();
 }
 
-// Output pixels [pix_begin, pix_end) in row-major order, visited one row
-// segment at a time: f(oh, ow_begin, ow_end, tile_index_of_ow_begin).
+// Pixels [pix_begin, pix_end) of a plane `width` wide in row-major order,
+// visited one row segment at a time: f(y, x_begin, x_end, tile_index_of_x_begin).
 template <typename F>
 void for_each_row_segment(int64_t pix_begin, int64_t pix_end, int64_t width, F&& f) {
   int64_t pix = pix_begin;
@@ -110,21 +110,32 @@ void for_each_row_segment(int64_t pix_begin, int64_t pix_end, int64_t width, F&&
   }
 }
 
-// ---------------------------------------------------------------- forward --
+// ------------------------------------------------------ tiled gather GEMM --
 
-// out[n, g*Cog + co, oh, ow] = bias[co] + sum_{tap, ci} x[n, ih, iw, g*Cig + ci] * w[co, ci, tap]
-// with (ih, iw) from equation (1) of atrous_index.h. Per (tap, pixel tile) it
-// is one GEMM: A rows = input pixels (depth Cig), B = the tap's weights
-// (Cig x Cog), C rows = the tile's output pixels.
-template <typename scalar_t, typename acc_t>
-void forward_gemm(const ConvParams& p, const acc_t* x, const acc_t* packed, const acc_t* bias,
-                  Tensor& out) {
-  const int64_t G = p.groups, cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
-  const int64_t panels = panels_for<acc_t>(cog), row_len = panels * panel_width<acc_t>();
-  const int64_t pixels = p.out_height * p.out_width;
+// The forward and grad_input share one driver. Both compute, for every pixel
+// of a plane (the output for the forward, the input for grad_input) and every
+// column of a group,
+//   C[pixel][col] = init[col] + sum_{tap} sum_{k < depth} A_tap[pixel][k] * B[g][tap][k][col]
+// where A_tap[pixel] is the NHWC row the pixel reads through the tap, if any.
+// A work unit is kPixelTile consecutive pixels of one image and one group;
+// per tap, the pixels with a valid A row form one gathered GEMM into the
+// unit's C tile, so no multiply touches padding. Within a tap distinct pixels
+// read distinct rows and write distinct C rows, and taps run in order, so the
+// sums are in a fixed order.
+//
+//   init(g, row):                      the first `cols` values of a C row
+//   gather(n, g, kh, kw, y, x0, x1, emit): calls emit(x, a_row) for each
+//                                      pixel (y, x), x0 <= x < x1, with a valid A row
+//   store(n, g, y, x, row):            writes a finished C row
+template <typename acc_t, typename Init, typename Gather, typename Store>
+void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64_t depth,
+                       int64_t cols, const acc_t* packed, Init&& init, Gather&& gather,
+                       Store&& store) {
+  const int64_t G = p.groups;
+  const int64_t panels = panels_for<acc_t>(cols), row_len = panels * panel_width<acc_t>();
+  const int64_t pixels = height * width;
   const int64_t tiles = (pixels + kPixelTile - 1) / kPixelTile;
-  const Strides4 os(out);
-  scalar_t* out_data = out.data_ptr<scalar_t>();
+  const int64_t tap_stride = panels * depth * panel_width<acc_t>();
 
   at::parallel_for(0, p.batch * G * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(kPixelTile * row_len);
@@ -134,46 +145,69 @@ void forward_gemm(const ConvParams& p, const acc_t* x, const acc_t* packed, cons
       const int64_t tile = unit % tiles, g = (unit / tiles) % G, n = unit / (tiles * G);
       const int64_t pix_begin = tile * kPixelTile;
       const int64_t pix_end = std::min(pixels, pix_begin + kPixelTile);
-      const int64_t count = pix_end - pix_begin;
-      for (int64_t i = 0; i < count; ++i) {
+      for (int64_t i = 0; i < pix_end - pix_begin; ++i) {
         acc_t* row = acc.data() + i * row_len;
-        for (int64_t co = 0; co < cog; ++co) row[co] = bias ? bias[g * cog + co] : acc_t(0);
-        std::fill(row + cog, row + row_len, acc_t(0));
+        init(g, row);
+        std::fill(row + cols, row + row_len, acc_t(0));
       }
       for (int64_t kh = 0; kh < p.kernel_height; ++kh) {
-        const IndexRange oh_valid = valid_out_range(p.in_height, p.out_height, kh, p.stride_h,
-                                                    p.pad_top, p.dilation_h);
         for (int64_t kw = 0; kw < p.kernel_width; ++kw) {
-          const IndexRange ow_valid = valid_out_range(p.in_width, p.out_width, kw, p.stride_w,
-                                                      p.pad_left, p.dilation_w);
           int64_t rows = 0;
-          for_each_row_segment(pix_begin, pix_end, p.out_width,
-                               [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t local) {
-            if (oh < oh_valid.begin || oh >= oh_valid.end) return;
-            const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
-            for (int64_t ow = std::max(ow0, ow_valid.begin); ow < std::min(ow1, ow_valid.end); ++ow) {
-              const int64_t iw = input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w);
-              a_rows[rows] = x + ((n * p.in_height + ih) * p.in_width + iw) * p.in_channels + g * cig;
-              c_rows[rows] = acc.data() + (local + ow - ow0) * row_len;
+          for_each_row_segment(pix_begin, pix_end, width,
+                               [&](int64_t y, int64_t x0, int64_t x1, int64_t local) {
+            gather(n, g, kh, kw, y, x0, x1, [&](int64_t x, const acc_t* a_row) {
+              a_rows[rows] = a_row;
+              c_rows[rows] = acc.data() + (local + x - x0) * row_len;
               ++rows;
-            }
+            });
           });
           const int64_t tap = kh * p.kernel_width + kw;
-          gather_gemm(GatherGemmArgs<acc_t>{rows, cig, panels, a_rows.data(), c_rows.data(),
-                                            packed + (g * p.taps() + tap) * panels * cig *
-                                                         panel_width<acc_t>()});
+          gather_gemm(GatherGemmArgs<acc_t>{rows, depth, panels, a_rows.data(), c_rows.data(),
+                                            packed + (g * p.taps() + tap) * tap_stride});
         }
       }
-      for_each_row_segment(pix_begin, pix_end, p.out_width,
-                           [&](int64_t oh, int64_t ow0, int64_t ow1, int64_t local) {
-        for (int64_t ow = ow0; ow < ow1; ++ow) {
-          const acc_t* row = acc.data() + (local + ow - ow0) * row_len;
-          scalar_t* dst = out_data + os.offset(n, g * cog, oh, ow);
-          for (int64_t co = 0; co < cog; ++co) dst[co * os.c] = static_cast<scalar_t>(row[co]);
-        }
+      for_each_row_segment(pix_begin, pix_end, width,
+                           [&](int64_t y, int64_t x0, int64_t x1, int64_t local) {
+        for (int64_t x = x0; x < x1; ++x) store(n, g, y, x, acc.data() + (local + x - x0) * row_len);
       });
     }
   });
+}
+
+// ---------------------------------------------------------------- forward --
+
+// out[n, g*Cog + co, oh, ow] = bias[co] + sum_{tap, ci} x[n, ih, iw, g*Cig + ci] * w[co, ci, tap]
+// with (ih, iw) from equation (1) of atrous_index.h: A rows are input pixels
+// (depth Cig), B the tap's weights (Cig x Cog), C rows output pixels. For a
+// tap, the valid outputs are a rectangle (valid_out_range on each axis).
+template <typename scalar_t, typename acc_t>
+void forward_gemm(const ConvParams& p, const acc_t* x, const acc_t* packed, const acc_t* bias,
+                  Tensor& out) {
+  const int64_t cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
+  const Strides4 os(out);
+  scalar_t* out_data = out.data_ptr<scalar_t>();
+  tiled_gather_gemm<acc_t>(
+      p, p.out_height, p.out_width, cig, cog, packed,
+      [&](int64_t g, acc_t* row) {
+        for (int64_t co = 0; co < cog; ++co) row[co] = bias ? bias[g * cog + co] : acc_t(0);
+      },
+      [&](int64_t n, int64_t g, int64_t kh, int64_t kw, int64_t oh, int64_t ow0, int64_t ow1,
+          auto&& emit) {
+        const IndexRange oh_valid = valid_out_range(p.in_height, p.out_height, kh, p.stride_h,
+                                                    p.pad_top, p.dilation_h);
+        if (oh < oh_valid.begin || oh >= oh_valid.end) return;
+        const IndexRange ow_valid = valid_out_range(p.in_width, p.out_width, kw, p.stride_w,
+                                                    p.pad_left, p.dilation_w);
+        const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
+        for (int64_t ow = std::max(ow0, ow_valid.begin); ow < std::min(ow1, ow_valid.end); ++ow) {
+          const int64_t iw = input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w);
+          emit(ow, x + ((n * p.in_height + ih) * p.in_width + iw) * p.in_channels + g * cig);
+        }
+      },
+      [&](int64_t n, int64_t g, int64_t oh, int64_t ow, const acc_t* row) {
+        scalar_t* dst = out_data + os.offset(n, g * cog, oh, ow);
+        for (int64_t co = 0; co < cog; ++co) dst[co * os.c] = static_cast<scalar_t>(row[co]);
+      });
 }
 
 // One input channel per group: out channel c reads input channel c / mult.
@@ -264,62 +298,35 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
 // ------------------------------------------------------------- grad_input --
 
 // grad_x[n, ih, iw, g*Cig + ci] = sum_{tap, co} grad_y[n, oh, ow, g*Cog + co] * w[co, ci, tap]
-// over the (oh, ow) that read (ih, iw) through the tap: the inverse of (1),
-// output_index_for_input. Within one tap distinct input pixels come from
-// distinct outputs, so each tap is one gathered GEMM into the tile.
+// over the (oh, ow) that read (ih, iw) through the tap, the inverse of (1)
+// (output_index_for_input): A rows are grad_output pixels (depth Cog), B the
+// tap's transposed weights (Cog x Cig), C rows input pixels. Input pixels no
+// tap reaches keep their zero init.
 template <typename scalar_t, typename acc_t>
 void grad_input_gemm(const ConvParams& p, const acc_t* gy, const acc_t* packed_t,
                      Tensor& grad_input) {
-  const int64_t G = p.groups, cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
-  const int64_t panels = panels_for<acc_t>(cig), row_len = panels * panel_width<acc_t>();
-  const int64_t pixels = p.in_height * p.in_width;
-  const int64_t tiles = (pixels + kPixelTile - 1) / kPixelTile;
+  const int64_t cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
   const Strides4 gs(grad_input);
   scalar_t* gi_data = grad_input.data_ptr<scalar_t>();
-
-  at::parallel_for(0, p.batch * G * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(kPixelTile * row_len);
-    std::vector<const acc_t*> a_rows(kPixelTile);
-    std::vector<acc_t*> c_rows(kPixelTile);
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t tile = unit % tiles, g = (unit / tiles) % G, n = unit / (tiles * G);
-      const int64_t pix_begin = tile * kPixelTile;
-      const int64_t pix_end = std::min(pixels, pix_begin + kPixelTile);
-      std::fill(acc.begin(), acc.begin() + (pix_end - pix_begin) * row_len, acc_t(0));
-      for (int64_t kh = 0; kh < p.kernel_height; ++kh) {
-        for (int64_t kw = 0; kw < p.kernel_width; ++kw) {
-          int64_t rows = 0;
-          for_each_row_segment(pix_begin, pix_end, p.in_width,
-                               [&](int64_t ih, int64_t iw0, int64_t iw1, int64_t local) {
-            const int64_t oh = output_index_for_input(ih, p.out_height, kh, p.stride_h, p.pad_top,
-                                                      p.dilation_h);
-            if (oh < 0) return;
-            for (int64_t iw = iw0; iw < iw1; ++iw) {
-              const int64_t ow = output_index_for_input(iw, p.out_width, kw, p.stride_w,
-                                                        p.pad_left, p.dilation_w);
-              if (ow < 0) continue;
-              a_rows[rows] = gy + ((n * p.out_height + oh) * p.out_width + ow) * p.out_channels +
-                             g * cog;
-              c_rows[rows] = acc.data() + (local + iw - iw0) * row_len;
-              ++rows;
-            }
-          });
-          const int64_t tap = kh * p.kernel_width + kw;
-          gather_gemm(GatherGemmArgs<acc_t>{rows, cog, panels, a_rows.data(), c_rows.data(),
-                                            packed_t + (g * p.taps() + tap) * panels * cog *
-                                                           panel_width<acc_t>()});
-        }
-      }
-      for_each_row_segment(pix_begin, pix_end, p.in_width,
-                           [&](int64_t ih, int64_t iw0, int64_t iw1, int64_t local) {
+  tiled_gather_gemm<acc_t>(
+      p, p.in_height, p.in_width, cog, cig, packed_t,
+      [&](int64_t, acc_t* row) { std::fill(row, row + cig, acc_t(0)); },
+      [&](int64_t n, int64_t g, int64_t kh, int64_t kw, int64_t ih, int64_t iw0, int64_t iw1,
+          auto&& emit) {
+        const int64_t oh = output_index_for_input(ih, p.out_height, kh, p.stride_h, p.pad_top,
+                                                  p.dilation_h);
+        if (oh < 0) return;
         for (int64_t iw = iw0; iw < iw1; ++iw) {
-          const acc_t* row = acc.data() + (local + iw - iw0) * row_len;
-          scalar_t* dst = gi_data + gs.offset(n, g * cig, ih, iw);
-          for (int64_t ci = 0; ci < cig; ++ci) dst[ci * gs.c] = static_cast<scalar_t>(row[ci]);
+          const int64_t ow = output_index_for_input(iw, p.out_width, kw, p.stride_w, p.pad_left,
+                                                    p.dilation_w);
+          if (ow >= 0)
+            emit(iw, gy + ((n * p.out_height + oh) * p.out_width + ow) * p.out_channels + g * cog);
         }
+      },
+      [&](int64_t n, int64_t g, int64_t ih, int64_t iw, const acc_t* row) {
+        scalar_t* dst = gi_data + gs.offset(n, g * cig, ih, iw);
+        for (int64_t ci = 0; ci < cig; ++ci) dst[ci * gs.c] = static_cast<scalar_t>(row[ci]);
       });
-    }
-  });
 }
 
 // Depthwise: grad_x[.., c] = sum_tap sum_{j < mult} grad_y[.., c*mult + j] * w[c*mult + j, tap].
