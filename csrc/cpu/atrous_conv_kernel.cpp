@@ -29,7 +29,9 @@ namespace {
 
 using at::Tensor;
 using cpu::GatherGemmArgs;
+using cpu::OuterGemmArgs;
 using cpu::gather_gemm;
+using cpu::outer_gemm;
 using cpu::panel_width;
 using cpu::panels_for;
 
@@ -39,8 +41,8 @@ using cpu::panels_for;
 constexpr int64_t kPixelTile = 192;
 // Pixels per unit in the depthwise path, whose tile spans every channel.
 constexpr int64_t kDepthwiseTile = 32;
-// grad_weight: input channels per unit (the GEMM M) and pixels per packed
-// chunk (the GEMM depth).
+// grad_weight: input channels per unit (the GEMM M) and pixels per call of
+// the rank-1-update GEMM (its depth).
 constexpr int64_t kGradWeightRows = 96;
 constexpr int64_t kGradWeightChunk = 256;
 // Channels per unit in the depthwise grad_weight and in grad_bias.
@@ -49,6 +51,20 @@ constexpr int64_t kChannelBlock = 256;
 template <typename acc_t>
 Tensor to_nhwc(const Tensor& t) {
   return t.to(c10::CppTypeToScalarType<acc_t>::value).contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// The same NHWC copy in a buffer with one panel of zeros after the last
+// element, so a panel-wide load that starts at any channel of any pixel stays
+// inside the allocation (outer_gemm reads whole panels of grad_output rows).
+template <typename acc_t>
+Tensor padded_nhwc(const Tensor& t) {
+  const auto dtype = c10::CppTypeToScalarType<acc_t>::value;
+  const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3);
+  Tensor storage = at::empty({t.numel() + panel_width<acc_t>()}, t.options().dtype(dtype));
+  storage.narrow(0, t.numel(), panel_width<acc_t>()).zero_();
+  Tensor nhwc = storage.narrow(0, 0, t.numel()).view({n, h, w, c}).permute({0, 3, 1, 2});
+  nhwc.copy_(t);
+  return nhwc;
 }
 
 // Element strides of a 4-D tensor, so outputs of any memory format are
@@ -112,6 +128,24 @@ void for_each_row_segment(int64_t pix_begin, int64_t pix_end, int64_t width, F&&
 
 // ------------------------------------------------------ tiled gather GEMM --
 
+// Writes `pixels` consecutive C rows (row_len apart, `channels` values each)
+// to a strided destination, walking it in its own contiguous direction:
+// channels innermost for channels_last, pixels innermost for NCHW (where a
+// pixel's channels are a whole plane apart).
+template <typename scalar_t, typename acc_t>
+void store_segment(scalar_t* dst, int64_t stride_c, int64_t stride_x, const acc_t* rows,
+                   int64_t row_len, int64_t pixels, int64_t channels) {
+  if (stride_c <= stride_x) {
+    for (int64_t i = 0; i < pixels; ++i)
+      for (int64_t c = 0; c < channels; ++c)
+        dst[i * stride_x + c * stride_c] = static_cast<scalar_t>(rows[i * row_len + c]);
+  } else {
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t i = 0; i < pixels; ++i)
+        dst[i * stride_x + c * stride_c] = static_cast<scalar_t>(rows[i * row_len + c]);
+  }
+}
+
 // The forward and grad_input share one driver. Both compute, for every pixel
 // of a plane (the output for the forward, the input for grad_input) and every
 // column of a group,
@@ -126,7 +160,8 @@ void for_each_row_segment(int64_t pix_begin, int64_t pix_end, int64_t width, F&&
 //   init(g, row):                      the first `cols` values of a C row
 //   gather(n, g, kh, kw, y, x0, x1, emit): calls emit(x, a_row) for each
 //                                      pixel (y, x), x0 <= x < x1, with a valid A row
-//   store(n, g, y, x, row):            writes a finished C row
+//   store(n, g, y, x0, x1, rows, row_len): writes the finished C rows of
+//                                      pixels (y, x0..x1), row_len apart
 template <typename acc_t, typename Init, typename Gather, typename Store>
 void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64_t depth,
                        int64_t cols, const acc_t* packed, Init&& init, Gather&& gather,
@@ -168,7 +203,7 @@ void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64
       }
       for_each_row_segment(pix_begin, pix_end, width,
                            [&](int64_t y, int64_t x0, int64_t x1, int64_t local) {
-        for (int64_t x = x0; x < x1; ++x) store(n, g, y, x, acc.data() + (local + x - x0) * row_len);
+        store(n, g, y, x0, x1, acc.data() + local * row_len, row_len);
       });
     }
   });
@@ -204,9 +239,10 @@ void forward_gemm(const ConvParams& p, const acc_t* x, const acc_t* packed, cons
           emit(ow, x + ((n * p.in_height + ih) * p.in_width + iw) * p.in_channels + g * cig);
         }
       },
-      [&](int64_t n, int64_t g, int64_t oh, int64_t ow, const acc_t* row) {
-        scalar_t* dst = out_data + os.offset(n, g * cog, oh, ow);
-        for (int64_t co = 0; co < cog; ++co) dst[co * os.c] = static_cast<scalar_t>(row[co]);
+      [&](int64_t n, int64_t g, int64_t oh, int64_t ow0, int64_t ow1, const acc_t* rows,
+          int64_t row_len) {
+        store_segment(out_data + os.offset(n, g * cog, oh, ow0), os.c, os.w, rows, row_len,
+                      ow1 - ow0, cog);
       });
 }
 
@@ -323,9 +359,10 @@ void grad_input_gemm(const ConvParams& p, const acc_t* gy, const acc_t* packed_t
             emit(iw, gy + ((n * p.out_height + oh) * p.out_width + ow) * p.out_channels + g * cog);
         }
       },
-      [&](int64_t n, int64_t g, int64_t ih, int64_t iw, const acc_t* row) {
-        scalar_t* dst = gi_data + gs.offset(n, g * cig, ih, iw);
-        for (int64_t ci = 0; ci < cig; ++ci) dst[ci * gs.c] = static_cast<scalar_t>(row[ci]);
+      [&](int64_t n, int64_t g, int64_t ih, int64_t iw0, int64_t iw1, const acc_t* rows,
+          int64_t row_len) {
+        store_segment(gi_data + gs.offset(n, g * cig, ih, iw0), gs.c, gs.w, rows, row_len,
+                      iw1 - iw0, cig);
       });
 }
 
@@ -404,54 +441,37 @@ void for_each_valid_pixel(const ConvParams& p, int64_t kh, int64_t kw, F&& f) {
 }
 
 // grad_w[g*Cog + co, ci, tap] = sum_{valid pixels} x[n, ih, iw, g*Cig + ci] * grad_y[n, oh, ow, g*Cog + co].
-// The GEMM depth is the pixel count: per chunk of pixels, A = x^T (Cig rows
-// of a unit x chunk) and B = grad_y (chunk x Cog) are packed, and C is the
-// transposed weight gradient of one tap. A unit owns a block of input
-// channels of one (group, tap) and sums all pixels itself, in order.
+// The GEMM depth is the pixel count: each valid pixel is a rank-1 update of
+// the transposed weight gradient of one tap, C[ci][co] += x[pixel][ci] *
+// grad_y[pixel][co], read straight from the NHWC rows (outer_gemm). A unit
+// owns a block of input channels of one (group, tap) and sums all pixels
+// itself, in order. `gy` rows must be readable one panel past the last
+// channel (see padded_nhwc).
 template <typename scalar_t, typename acc_t>
 void grad_weight_gemm(const ConvParams& p, const acc_t* x, const acc_t* gy, Tensor& grad_weight) {
   const int64_t G = p.groups, cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
-  const int64_t width = panel_width<acc_t>();
-  const int64_t panels = panels_for<acc_t>(cog), row_len = panels * width;
+  const int64_t panels = panels_for<acc_t>(cog), row_len = panels * panel_width<acc_t>();
+  // Input channels split into blocks of at most kGradWeightRows, as even as
+  // possible (rounded up to the 6-row micro-tile) so units balance.
   const int64_t row_blocks = (cig + kGradWeightRows - 1) / kGradWeightRows;
+  const int64_t block_rows = ((cig + row_blocks - 1) / row_blocks + 5) / 6 * 6;
   const Strides4 ws(grad_weight);
   scalar_t* gw_data = grad_weight.data_ptr<scalar_t>();
 
   at::parallel_for(0, G * p.taps() * row_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(kGradWeightRows * row_len);
-    std::vector<acc_t> a_pack(kGradWeightRows * kGradWeightChunk);
-    std::vector<acc_t> b_pack(panels * kGradWeightChunk * width);
-    std::vector<const acc_t*> a_rows(kGradWeightRows);
-    std::vector<acc_t*> c_rows(kGradWeightRows);
+    std::vector<acc_t> acc(block_rows * row_len);
     std::vector<const acc_t*> x_pixels(kGradWeightChunk), gy_pixels(kGradWeightChunk);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t block = unit % row_blocks, tap = (unit / row_blocks) % p.taps();
       const int64_t g = unit / (row_blocks * p.taps());
       const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
-      const int64_t ci0 = block * kGradWeightRows;
-      const int64_t rows = std::min(kGradWeightRows, cig - ci0);
+      const int64_t ci0 = block * block_rows;
+      const int64_t rows = std::min(block_rows, cig - ci0);
       std::fill(acc.begin(), acc.end(), acc_t(0));
-      for (int64_t i = 0; i < rows; ++i) {
-        a_rows[i] = a_pack.data() + i * kGradWeightChunk;
-        c_rows[i] = acc.data() + i * row_len;
-      }
       int64_t chunk = 0;
       auto flush = [&] {
-        if (chunk == 0) return;
-        for (int64_t k = 0; k < chunk; ++k) {
-          const acc_t* src = x_pixels[k];
-          for (int64_t i = 0; i < rows; ++i) a_pack[i * kGradWeightChunk + k] = src[i];
-        }
-        for (int64_t pn = 0; pn < panels; ++pn)
-          for (int64_t k = 0; k < chunk; ++k) {
-            acc_t* dst = b_pack.data() + (pn * chunk + k) * width;
-            const acc_t* src = gy_pixels[k] + pn * width;
-            const int64_t valid = std::min(width, cog - pn * width);
-            for (int64_t j = 0; j < valid; ++j) dst[j] = src[j];
-            for (int64_t j = valid; j < width; ++j) dst[j] = acc_t(0);
-          }
-        gather_gemm(GatherGemmArgs<acc_t>{rows, chunk, panels, a_rows.data(), c_rows.data(),
-                                          b_pack.data()});
+        outer_gemm(OuterGemmArgs<acc_t>{rows, chunk, panels, x_pixels.data(), gy_pixels.data(),
+                                        acc.data()});
         chunk = 0;
       };
       for_each_valid_pixel(p, kh, kw, [&](int64_t n, int64_t oh, int64_t ow, int64_t ih, int64_t iw) {
@@ -550,7 +570,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
                                   "atrous_conv_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const bool depthwise = p.in_channels_per_group() == 1;
-    const Tensor gy = to_nhwc<acc_t>(grad_output);
+    const Tensor gy = padded_nhwc<acc_t>(grad_output);
     if (output_mask[0] && grad_input.numel() > 0) {
       if (depthwise) {
         const Tensor w = pack_weight_depthwise<acc_t>(weight, p);

@@ -89,36 +89,94 @@ inline void gather_gemm_impl(const GatherGemmArgs<T>& args) {
   }
 }
 
-// Tile heights, measured (bench/NOTES.md): AVX2 has 16 ymm registers and a
-// 64-byte panel is two of them, so 6 rows take 12 accumulators; AVX-512 holds
-// a panel in one zmm register and 6 rows measured faster than 8, 12 or 14 (the
-// row pointers compete for registers); the SSE2 baseline needs four xmm per
-// panel, hence 3 rows.
-enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+// Rank-1 updates for outer_gemm: an MR x NP-panel tile of C stays in
+// registers while k runs over the pixels; per k it loads NP panel vectors of
+// B_k, broadcasts MR values of A_k and issues MR * NP * (64 / VB) FMAs.
+template <typename T, int VB, int MR, int NP>
+inline void outer_tile(const T* const* a_cols, const T* const* b_rows, int64_t row0, int64_t col,
+                       T* c, int64_t ldc, int64_t depth) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int NV = NP * (kPanelBytes / VB);
+  constexpr int lanes = VB / sizeof(T);
+  V acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) std::memcpy(&acc[i][v], c + (row0 + i) * ldc + col + v * lanes, VB);
+  for (int64_t k = 0; k < depth; ++k) {
+    const T* a = a_cols[k] + row0;
+    const T* b = b_rows[k] + col;
+    V bv[NV];
+    for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + v * lanes, VB);
+    for (int i = 0; i < MR; ++i) {
+      const T ai = a[i];
+      for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) std::memcpy(c + (row0 + i) * ldc + col + v * lanes, &acc[i][v], VB);
+}
 
-__attribute__((flatten)) void gemm_baseline_f32(const GatherGemmArgs<float>& a) {
-  gather_gemm_impl<float, 16, 3>(a);
+template <typename T, int VB, int MR, int NP>
+inline void outer_tail_rows(int rows, const T* const* a_cols, const T* const* b_rows, int64_t row0,
+                            int64_t col, T* c, int64_t ldc, int64_t depth) {
+  if constexpr (MR > 1) {
+    if (rows == MR - 1) {
+      outer_tile<T, VB, MR - 1, NP>(a_cols, b_rows, row0, col, c, ldc, depth);
+      return;
+    }
+    outer_tail_rows<T, VB, MR - 1, NP>(rows, a_cols, b_rows, row0, col, c, ldc, depth);
+  }
 }
-__attribute__((flatten)) void gemm_baseline_f64(const GatherGemmArgs<double>& a) {
-  gather_gemm_impl<double, 16, 3>(a);
+
+template <typename T, int VB, int MR, int NP>
+inline void outer_panels(const OuterGemmArgs<T>& args, int64_t col) {
+  const int64_t ldc = args.panels * panel_width<T>();
+  const int64_t full_rows = args.rows - args.rows % MR;
+  for (int64_t m = 0; m < full_rows; m += MR)
+    outer_tile<T, VB, MR, NP>(args.a_cols, args.b_rows, m, col, args.c, ldc, args.depth);
+  if (full_rows < args.rows)
+    outer_tail_rows<T, VB, MR, NP>(static_cast<int>(args.rows - full_rows), args.a_cols,
+                                   args.b_rows, full_rows, col, args.c, ldc, args.depth);
 }
+
+template <typename T, int VB, int MR, int NP>
+inline void outer_gemm_impl(const OuterGemmArgs<T>& args) {
+  int64_t p = 0;
+  for (; p + NP <= args.panels; p += NP) outer_panels<T, VB, MR, NP>(args, p * panel_width<T>());
+  for (; p < args.panels; ++p) outer_panels<T, VB, MR, 1>(args, p * panel_width<T>());
+}
+
+// Tile shapes, measured (bench/NOTES.md). gather_gemm: AVX2 has 16 ymm
+// registers and a 64-byte panel is two of them, so 6 rows take 12
+// accumulators; AVX-512 holds a panel in one zmm register and 6 rows measured
+// faster than 8, 12 or 14 (the row pointers compete for registers); the SSE2
+// baseline needs four xmm per panel, hence 3 rows. outer_gemm loads two more
+// values per k (the A and B row pointers), so on AVX-512 it takes two panels
+// per tile (12 zmm accumulators) to stay FMA-bound.
+//
+// One entry point per instruction set and argument type; `flatten` inlines
+// the generic templates into it, compiled for that instruction set.
+#define ATROUS_ISA_ENTRY_POINTS(isa, attributes, VB, MR, OUTER_MR, OUTER_NP)                     \
+  attributes void run_##isa(const GatherGemmArgs<float>& a) { gather_gemm_impl<float, VB, MR>(a); } \
+  attributes void run_##isa(const GatherGemmArgs<double>& a) {                                     \
+    gather_gemm_impl<double, VB, MR>(a);                                                          \
+  }                                                                                               \
+  attributes void run_##isa(const OuterGemmArgs<float>& a) {                                       \
+    outer_gemm_impl<float, VB, OUTER_MR, OUTER_NP>(a);                                            \
+  }                                                                                               \
+  attributes void run_##isa(const OuterGemmArgs<double>& a) {                                      \
+    outer_gemm_impl<double, VB, OUTER_MR, OUTER_NP>(a);                                           \
+  }
+
+ATROUS_ISA_ENTRY_POINTS(baseline, __attribute__((flatten)), 16, 3, 3, 1)
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma"), flatten)) void gemm_avx2_f32(const GatherGemmArgs<float>& a) {
-  gather_gemm_impl<float, 32, 6>(a);
-}
-__attribute__((target("avx2,fma"), flatten)) void gemm_avx2_f64(
-    const GatherGemmArgs<double>& a) {
-  gather_gemm_impl<double, 32, 6>(a);
-}
-__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), flatten)) void gemm_avx512_f32(
-    const GatherGemmArgs<float>& a) {
-  gather_gemm_impl<float, 64, 6>(a);
-}
-__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), flatten)) void gemm_avx512_f64(
-    const GatherGemmArgs<double>& a) {
-  gather_gemm_impl<double, 64, 6>(a);
-}
+ATROUS_ISA_ENTRY_POINTS(avx2, __attribute__((target("avx2,fma"), flatten)), 32, 6, 6, 1)
+ATROUS_ISA_ENTRY_POINTS(avx512,
+                        __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), flatten)),
+                        64, 6, 6, 2)
 #endif
+#undef ATROUS_ISA_ENTRY_POINTS
+
+enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
 Isa best_supported_isa() {
 #if defined(__x86_64__)
@@ -163,34 +221,33 @@ Isa& active_isa() {
   return isa;
 }
 
-}  // namespace
-
-void gather_gemm(const GatherGemmArgs<float>& args) {
-  if (args.rows <= 0 || args.depth <= 0 || args.panels <= 0) return;
+template <typename Args>
+void run(const Args& args) {
   switch (active_isa()) {
 #if defined(__x86_64__)
     case Isa::kAvx512:
-      return gemm_avx512_f32(args);
+      return run_avx512(args);
     case Isa::kAvx2:
-      return gemm_avx2_f32(args);
+      return run_avx2(args);
 #endif
     default:
-      return gemm_baseline_f32(args);
+      return run_baseline(args);
   }
 }
 
+}  // namespace
+
+void gather_gemm(const GatherGemmArgs<float>& args) {
+  if (args.rows > 0 && args.depth > 0 && args.panels > 0) run(args);
+}
 void gather_gemm(const GatherGemmArgs<double>& args) {
-  if (args.rows <= 0 || args.depth <= 0 || args.panels <= 0) return;
-  switch (active_isa()) {
-#if defined(__x86_64__)
-    case Isa::kAvx512:
-      return gemm_avx512_f64(args);
-    case Isa::kAvx2:
-      return gemm_avx2_f64(args);
-#endif
-    default:
-      return gemm_baseline_f64(args);
-  }
+  if (args.rows > 0 && args.depth > 0 && args.panels > 0) run(args);
+}
+void outer_gemm(const OuterGemmArgs<float>& args) {
+  if (args.rows > 0 && args.depth > 0 && args.panels > 0) run(args);
+}
+void outer_gemm(const OuterGemmArgs<double>& args) {
+  if (args.rows > 0 && args.depth > 0 && args.panels > 0) run(args);
 }
 
 std::string cpu_isa() { return isa_name(active_isa()); }

@@ -40,6 +40,28 @@ struct GatherGemmArgs {
 void gather_gemm(const GatherGemmArgs<float>& args);
 void gather_gemm(const GatherGemmArgs<double>& args);
 
+// The pixel-reduction GEMM of grad_weight, read straight from NHWC rows:
+//
+//   C[i][0:n) += sum_k A_k[i] * B_k[0:n),   i < rows, k < depth
+//
+// where A_k (rows contiguous values) and B_k are the input and grad_output
+// rows of pixel k. Each k is a rank-1 update, so neither operand is packed.
+// C is row-major with panels*panel_width columns; every B_k must be readable
+// for panels*panel_width values (the columns past the real ones are
+// computed and ignored).
+template <typename T>
+struct OuterGemmArgs {
+  int64_t rows;            // M
+  int64_t depth;           // K
+  int64_t panels;          // N / panel_width, N padded up
+  const T* const* a_cols;  // depth pointers to rows contiguous values
+  const T* const* b_rows;  // depth pointers to panels*panel_width readable values
+  T* c;                    // rows x panels*panel_width, row-major
+};
+
+void outer_gemm(const OuterGemmArgs<float>& args);
+void outer_gemm(const OuterGemmArgs<double>& args);
+
 // The instruction set the GEMM runs with: "avx512", "avx2" or "baseline".
 // The best one the CPU supports is chosen at load time; ATROUS_CPU_ISA or
 // set_cpu_isa() pick a lower one (the tests run every path).
