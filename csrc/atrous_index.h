@@ -138,8 +138,8 @@ struct AxisBands {
   int64_t begin[kMaxPixelBands + 1];     // band b is [begin[b], begin[b + 1])
 };
 
-// Sorted unique breakpoints -> bands; more than kMaxPixelBands bands (kernels
-// wider than 7) fall back to one band, the plain order.
+// Sorted unique breakpoints -> bands; more than kMaxPixelBands bands (possible
+// from kernels 8 wide, certain past 17) fall back to one band, the plain order.
 ATROUS_HOST_DEVICE AxisBands bands_from_points(int64_t* points, int n, int64_t extent) {
   for (int i = 1; i < n; ++i)  // insertion sort: n <= 2 * kernel + 2
     for (int j = i; j > 0 && points[j - 1] > points[j]; --j) {

@@ -260,6 +260,25 @@ def tf32_matmul():
     torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"),
+                    reason="this torch has no torch.backends.cuda.matmul.fp32_precision")
+def test_cuda_float32_follows_the_new_fp32_precision_api():
+    """Setting only the new per-backend API must work (torch's legacy query
+    raises when the two disagree) and must select TF32."""
+    saved = torch.backends.cuda.matmul.fp32_precision
+    x, w, b, kwargs = _cuda_inputs("wide_channels", torch.float32)
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        tf32 = atrous_conv(x, w, b, **kwargs)
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        exact = atrous_conv(x, w, b, **kwargs)
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = saved
+    assert not torch.equal(tf32, exact)
+    ref = reference_conv(x.double(), w.double(), b.double(), **kwargs)
+    torch.testing.assert_close(exact.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("name", ["dilation6", "wide_channels", "groups4"])
 def test_cuda_float32_uses_tf32_only_when_torch_allows_it(name, tf32_matmul):
     """With torch.backends.cuda.matmul.allow_tf32 the float32 GEMMs run on TF32

@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include <cstdint>
 #include <tuple>
@@ -61,12 +62,25 @@ bool aligned16(const void* ptr) { return reinterpret_cast<std::uintptr_t>(ptr) %
 
 int64_t round_up8(int64_t v) { return (v + 7) / 8 * 8; }
 
-// float32 uses TF32 tensor cores only when torch's matmul flag asks for it
-// (torch.backends.cuda.matmul.allow_tf32, or set_float32_matmul_precision
-// 'high'/'medium'), which is off by default: exact fp32 is the default.
-// torch.backends.cudnn.allow_tf32 is on by default, so it is not the switch.
+// float32 uses TF32 tensor cores only when torch's matmul setting asks for
+// it (torch.backends.cuda.matmul.fp32_precision = "tf32", or the legacy
+// allow_tf32 / set_float32_matmul_precision("high"/"medium")), which is off by
+// default: exact fp32 is the default. torch.backends.cudnn.allow_tf32 is on by
+// default, so it is not the switch. A NoTF32Guard in scope also disables it.
 bool allow_tf32(const Tensor& input) {
-  return input.scalar_type() == at::kFloat && at::globalContext().allowTF32CuBLAS();
+  if (input.scalar_type() != at::kFloat || at::NoTF32Guard::should_disable_tf32()) return false;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 10)
+  // The per-backend setting; the legacy query throws when the legacy and new
+  // settings disagree.
+  return at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) ==
+         at::Float32Precision::TF32;
+#else
+  try {
+    return at::globalContext().allowTF32CuBLAS();
+  } catch (const c10::Error&) {
+    return false;  // mixed legacy/new settings on an older torch: stay exact
+  }
+#endif
 }
 
 // Forward B: packed[g][tap][ci][co], co padded with zeros to `cols`.
