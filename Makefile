@@ -37,7 +37,7 @@ gpu-check:
 	bash bench/gpu_check.sh
 
 cmake-check: setup
-	PYTHON=$(PY) bash bench/cmake_check.sh
+	PYTHON=$(abspath $(PY)) bash bench/cmake_check.sh
 
 clean:
 	rm -rf build atrous_cuda/_C*.so

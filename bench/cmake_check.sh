@@ -14,6 +14,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON="$(command -v python3)"; fi
 fi
+# The script changes folders: make a relative interpreter path absolute.
+if [[ "$PYTHON" == */* && "$PYTHON" != /* ]]; then PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")"; fi
 JOBS="${JOBS:-2}"
 if [[ -n "${BUILD_DIR:-}" ]]; then
   OWN_DIR=0
