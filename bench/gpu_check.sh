@@ -5,8 +5,11 @@
 #   2. runs the test suite (the CUDA tests included)
 #   3. runs compute-sanitizer memcheck and racecheck on bench/sanitizer_cases.py
 #   4. runs the GPU benchmark suite (python -m atrous_cuda bench --device cuda)
-#   5. writes bench/results/gpu-check-<device>-<time>.md with all of it
-# Exit status: 0 only if every step passed.
+#   5. writes bench/results/gpu-check-<device>-<time>.md with all of it (and, when $OUT is set,
+#      as on the device tool's machines, copies the report and the logs there)
+# GPU_CHECK_STEPS picks steps (default "build tests sanitizer bench") so the check can be split
+# across commands with a time limit; GPU_CHECK_BENCH_ARGS adds arguments to the benchmark
+# (e.g. "--quick"). Exit status: 0 only if every step that ran passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -32,8 +35,11 @@ run_step() {  # name, log file, command...
   echo "   ${result[$name]}"
 }
 
-run_step build "$logs/build.log" env FORCE_CUDA=1 ATROUS_PTXAS_VERBOSE=1 $PY setup.py build_ext --inplace
-run_step tests "$logs/tests.log" $PY -m pytest -q -p no:cacheprovider tests
+steps=" ${GPU_CHECK_STEPS:-build tests sanitizer bench} "
+wants() { [[ "$steps" == *" $1 "* ]]; }
+
+wants build && run_step build "$logs/build.log" env FORCE_CUDA=1 ATROUS_PTXAS_VERBOSE=1 $PY setup.py build_ext --inplace
+wants tests && run_step tests "$logs/tests.log" $PY -m pytest -q -p no:cacheprovider -rs tests
 
 sanitizer=$(command -v compute-sanitizer || true)
 if [ -z "$sanitizer" ]; then
@@ -42,14 +48,17 @@ if [ -z "$sanitizer" ]; then
     [ -x "$cand" ] && sanitizer=$cand && break
   done
 fi
-if [ -n "$sanitizer" ]; then
+if ! wants sanitizer; then
+  :
+elif [ -n "$sanitizer" ]; then
   run_step memcheck "$logs/memcheck.log" "$sanitizer" --tool memcheck --error-exitcode 1 $PY bench/sanitizer_cases.py
   run_step racecheck "$logs/racecheck.log" "$sanitizer" --tool racecheck --error-exitcode 1 $PY bench/sanitizer_cases.py
 else
   result[memcheck]="NOT RUN: compute-sanitizer not found"; result[racecheck]="NOT RUN: compute-sanitizer not found"; status=1
   echo "== compute-sanitizer not found: memcheck and racecheck NOT RUN"
 fi
-run_step bench "$logs/bench.log" $PY -m atrous_cuda bench --device cuda --report "$logs/bench.md"
+# shellcheck disable=SC2086
+wants bench && run_step bench "$logs/bench.log" $PY -m atrous_cuda bench --device cuda --report "$logs/bench.md" ${GPU_CHECK_BENCH_ARGS:-}
 
 {
   echo "# GPU check, $gpu, $stamp"
@@ -66,14 +75,14 @@ run_step bench "$logs/bench.log" $PY -m atrous_cuda bench --device cuda --report
   echo
   echo "## ptxas resource usage (registers, spills)"
   echo '```'
-  grep -E "Compiling entry|Used [0-9]+ registers|spill" "$logs/build.log" | sed -E 's/ptxas info *: //' | \
+  [ -f "$logs/build.log" ] && grep -E "Compiling entry|Used [0-9]+ registers|spill" "$logs/build.log" | sed -E 's/ptxas info *: //' | \
     awk '/Compiling entry/{n=$0; next} /spill/{s=$0; next} /Used/{print n; print "   " s " | " $0}' | \
     sed -E "s/Compiling entry function '_ZN6atrous4cuda[0-9]+_GLOBAL__N__[0-9a-f]+_[0-9]+_//" | head -200
   echo '```'
   echo
   echo "## tests"
   echo '```'
-  tail -25 "$logs/tests.log"
+  [ -f "$logs/tests.log" ] && tail -40 "$logs/tests.log"
   echo '```'
   for s in memcheck racecheck; do
     [ -f "$logs/$s.log" ] || continue
@@ -83,9 +92,19 @@ run_step bench "$logs/bench.log" $PY -m atrous_cuda bench --device cuda --report
     echo '```'
   done
   echo "## benchmark"
-  if [ -f "$logs/bench.md" ]; then cat "$logs/bench.md"; else echo '```'; tail -40 "$logs/bench.log"; echo '```'; fi
+  if [ -f "$logs/bench.md" ]; then
+    cat "$logs/bench.md"
+  elif [ -f "$logs/bench.log" ]; then
+    echo '```'; tail -40 "$logs/bench.log"; echo '```'
+  else
+    echo "not run"
+  fi
   echo
   echo "Full logs: $logs"
 } >"$report"
 echo "report: $report"
+if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
+  cp "$report" "$OUT/" && mkdir -p "$OUT/gpu-check-logs" && cp "$logs"/*.log "$logs"/*.md "$OUT/gpu-check-logs/" 2>/dev/null
+  echo "copied the report and logs to $OUT"
+fi
 exit $status

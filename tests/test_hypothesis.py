@@ -2,10 +2,14 @@
 
 derandomize=True makes every run draw the same examples, so CI is stable.
 """
+import pytest
 import torch
 from conftest import check_against_torch, explicit_pads, random_conv_inputs
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+
+# `make test` installs hypothesis; a GPU machine running bench/gpu_check.sh may not have it.
+pytest.importorskip("hypothesis", reason="hypothesis is not installed (pip install hypothesis)")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 SETTINGS = settings(
     max_examples=40,
