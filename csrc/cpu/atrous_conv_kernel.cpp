@@ -39,6 +39,8 @@ using cpu::panels_for;
 // pass over a tap's weights (Cin/g x Cout/g) over enough multiply-adds to be
 // compute-bound, while the C tile (192 x Cout/g) stays in L2.
 constexpr int64_t kPixelTile = 192;
+// Images with at most this many pixels are one tile (see tiled_gather_gemm).
+constexpr int64_t kWholeImageTile = 1536;
 // Pixels per unit in the depthwise path, whose tile spans every channel.
 constexpr int64_t kDepthwiseTile = 32;
 // grad_weight: input channels per unit (the GEMM M) and pixels per call of
@@ -149,41 +151,58 @@ void store_segment(scalar_t* dst, int64_t stride_c, int64_t stride_x, const acc_
 // The forward and grad_input share one driver. Both compute, for every pixel
 // of a plane (the output for the forward, the input for grad_input) and every
 // column of a group,
-//   C[pixel][col] = init[col] + sum_{tap} sum_{k < depth} A_tap[pixel][k] * B[g][tap][k][col]
+//   C[pixel][col] = init(col) + sum_{tap} sum_{k < depth} A_tap[pixel][k] * B[g][tap][k][col]
 // where A_tap[pixel] is the NHWC row the pixel reads through the tap, if any.
-// A work unit is kPixelTile consecutive pixels of one image and one group;
-// per tap, the pixels with a valid A row form one gathered GEMM into the
-// unit's C tile, so no multiply touches padding. Within a tap distinct pixels
-// read distinct rows and write distinct C rows, and taps run in order, so the
-// sums are in a fixed order.
+// A work unit is a tile of consecutive pixels of one image and one group, and
+// a block of column panels; per tap, the pixels with a valid A row form one
+// gathered GEMM into the unit's C tile, so no multiply touches padding.
 //
-//   init(g, row):                      the first `cols` values of a C row
+// Tiles: a whole image when it has at most kWholeImageTile pixels (each tap's
+// weights are then streamed once per image, which matters at large rates,
+// where few pixels are valid per tap), else kPixelTile pixels. Column blocks
+// split the panels only when there are too few units to keep every thread
+// busy. Neither choice changes any element's summation order (init, then
+// taps in order, then k in order), so results do not depend on it.
+//
+//   init(g, col):                      the initial value of column col
 //   gather(n, g, kh, kw, y, x0, x1, emit): calls emit(x, a_row) for each
 //                                      pixel (y, x), x0 <= x < x1, with a valid A row
-//   store(n, g, y, x0, x1, rows, row_len): writes the finished C rows of
-//                                      pixels (y, x0..x1), row_len apart
+//   store(n, g, y, x0, x1, c0, c1, rows, row_len): writes columns [c0, c1) of
+//                                      the finished C rows of pixels (y, x0..x1)
 template <typename acc_t, typename Init, typename Gather, typename Store>
 void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64_t depth,
                        int64_t cols, const acc_t* packed, Init&& init, Gather&& gather,
                        Store&& store) {
-  const int64_t G = p.groups;
-  const int64_t panels = panels_for<acc_t>(cols), row_len = panels * panel_width<acc_t>();
+  const int64_t G = p.groups, width_elems = panel_width<acc_t>();
+  const int64_t panels = panels_for<acc_t>(cols);
   const int64_t pixels = height * width;
-  const int64_t tiles = (pixels + kPixelTile - 1) / kPixelTile;
-  const int64_t tap_stride = panels * depth * panel_width<acc_t>();
+  const int64_t tile_pixels = pixels <= kWholeImageTile ? std::max<int64_t>(pixels, 1) : kPixelTile;
+  const int64_t tiles = (pixels + tile_pixels - 1) / tile_pixels;
+  const int64_t pixel_units = p.batch * G * tiles;
+  const int64_t wanted_units = 4 * static_cast<int64_t>(at::get_num_threads());
+  int64_t col_blocks = 1;
+  if (pixel_units > 0 && pixel_units < wanted_units)
+    col_blocks = std::min(panels, (wanted_units + pixel_units - 1) / pixel_units);
+  const int64_t block_panels = (panels + col_blocks - 1) / col_blocks;
+  col_blocks = (panels + block_panels - 1) / block_panels;
+  const int64_t row_len = block_panels * width_elems;
+  const int64_t tap_stride = panels * depth * width_elems;
 
-  at::parallel_for(0, p.batch * G * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(kPixelTile * row_len);
-    std::vector<const acc_t*> a_rows(kPixelTile);
-    std::vector<acc_t*> c_rows(kPixelTile);
+  at::parallel_for(0, pixel_units * col_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(tile_pixels * row_len);
+    std::vector<const acc_t*> a_rows(tile_pixels);
+    std::vector<acc_t*> c_rows(tile_pixels);
     for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t tile = unit % tiles, g = (unit / tiles) % G, n = unit / (tiles * G);
-      const int64_t pix_begin = tile * kPixelTile;
-      const int64_t pix_end = std::min(pixels, pix_begin + kPixelTile);
+      const int64_t block = unit % col_blocks, rest = unit / col_blocks;
+      const int64_t tile = rest % tiles, g = (rest / tiles) % G, n = rest / (tiles * G);
+      const int64_t p0 = block * block_panels, np = std::min(block_panels, panels - p0);
+      const int64_t c0 = p0 * width_elems, c1 = std::min(cols, c0 + np * width_elems);
+      const int64_t pix_begin = tile * tile_pixels;
+      const int64_t pix_end = std::min(pixels, pix_begin + tile_pixels);
       for (int64_t i = 0; i < pix_end - pix_begin; ++i) {
         acc_t* row = acc.data() + i * row_len;
-        init(g, row);
-        std::fill(row + cols, row + row_len, acc_t(0));
+        for (int64_t c = c0; c < c1; ++c) row[c - c0] = init(g, c);
+        std::fill(row + (c1 - c0), row + row_len, acc_t(0));
       }
       for (int64_t kh = 0; kh < p.kernel_height; ++kh) {
         for (int64_t kw = 0; kw < p.kernel_width; ++kw) {
@@ -197,13 +216,14 @@ void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64
             });
           });
           const int64_t tap = kh * p.kernel_width + kw;
-          gather_gemm(GatherGemmArgs<acc_t>{rows, depth, panels, a_rows.data(), c_rows.data(),
-                                            packed + (g * p.taps() + tap) * tap_stride});
+          gather_gemm(GatherGemmArgs<acc_t>{
+              rows, depth, np, a_rows.data(), c_rows.data(),
+              packed + (g * p.taps() + tap) * tap_stride + p0 * depth * width_elems});
         }
       }
       for_each_row_segment(pix_begin, pix_end, width,
                            [&](int64_t y, int64_t x0, int64_t x1, int64_t local) {
-        store(n, g, y, x0, x1, acc.data() + local * row_len, row_len);
+        store(n, g, y, x0, x1, c0, c1, acc.data() + local * row_len, row_len);
       });
     }
   });
@@ -223,9 +243,7 @@ void forward_gemm(const ConvParams& p, const acc_t* x, const acc_t* packed, cons
   scalar_t* out_data = out.data_ptr<scalar_t>();
   tiled_gather_gemm<acc_t>(
       p, p.out_height, p.out_width, cig, cog, packed,
-      [&](int64_t g, acc_t* row) {
-        for (int64_t co = 0; co < cog; ++co) row[co] = bias ? bias[g * cog + co] : acc_t(0);
-      },
+      [&](int64_t g, int64_t co) { return bias ? bias[g * cog + co] : acc_t(0); },
       [&](int64_t n, int64_t g, int64_t kh, int64_t kw, int64_t oh, int64_t ow0, int64_t ow1,
           auto&& emit) {
         const IndexRange oh_valid = valid_out_range(p.in_height, p.out_height, kh, p.stride_h,
@@ -239,10 +257,10 @@ void forward_gemm(const ConvParams& p, const acc_t* x, const acc_t* packed, cons
           emit(ow, x + ((n * p.in_height + ih) * p.in_width + iw) * p.in_channels + g * cig);
         }
       },
-      [&](int64_t n, int64_t g, int64_t oh, int64_t ow0, int64_t ow1, const acc_t* rows,
-          int64_t row_len) {
-        store_segment(out_data + os.offset(n, g * cog, oh, ow0), os.c, os.w, rows, row_len,
-                      ow1 - ow0, cog);
+      [&](int64_t n, int64_t g, int64_t oh, int64_t ow0, int64_t ow1, int64_t c0, int64_t c1,
+          const acc_t* rows, int64_t row_len) {
+        store_segment(out_data + os.offset(n, g * cog + c0, oh, ow0), os.c, os.w, rows, row_len,
+                      ow1 - ow0, c1 - c0);
       });
 }
 
@@ -346,7 +364,7 @@ void grad_input_gemm(const ConvParams& p, const acc_t* gy, const acc_t* packed_t
   scalar_t* gi_data = grad_input.data_ptr<scalar_t>();
   tiled_gather_gemm<acc_t>(
       p, p.in_height, p.in_width, cog, cig, packed_t,
-      [&](int64_t, acc_t* row) { std::fill(row, row + cig, acc_t(0)); },
+      [&](int64_t, int64_t) { return acc_t(0); },
       [&](int64_t n, int64_t g, int64_t kh, int64_t kw, int64_t ih, int64_t iw0, int64_t iw1,
           auto&& emit) {
         const int64_t oh = output_index_for_input(ih, p.out_height, kh, p.stride_h, p.pad_top,
@@ -359,10 +377,10 @@ void grad_input_gemm(const ConvParams& p, const acc_t* gy, const acc_t* packed_t
             emit(iw, gy + ((n * p.out_height + oh) * p.out_width + ow) * p.out_channels + g * cog);
         }
       },
-      [&](int64_t n, int64_t g, int64_t ih, int64_t iw0, int64_t iw1, const acc_t* rows,
-          int64_t row_len) {
-        store_segment(gi_data + gs.offset(n, g * cig, ih, iw0), gs.c, gs.w, rows, row_len,
-                      iw1 - iw0, cig);
+      [&](int64_t n, int64_t g, int64_t ih, int64_t iw0, int64_t iw1, int64_t c0, int64_t c1,
+          const acc_t* rows, int64_t row_len) {
+        store_segment(gi_data + gs.offset(n, g * cig + c0, ih, iw0), gs.c, gs.w, rows, row_len,
+                      iw1 - iw0, c1 - c0);
       });
 }
 
