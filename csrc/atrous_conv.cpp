@@ -1,11 +1,9 @@
-// The schema of the atrous ops, defined once. Device kernels register in
-// csrc/cpu/atrous_conv_kernel.cpp and csrc/cuda/*.cu; fake kernels and
-// autograd are registered from Python in atrous_cuda/_ops.py.
+// Host-side helpers shared by every device's kernels (see atrous_conv.h).
+// The op schema itself is in schema.cpp.
 #include "atrous_conv.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>
-#include <torch/library.h>
 
 #include <cstdlib>
 #include <limits>
@@ -146,24 +144,27 @@ void poison(at::Tensor& t) {
   if (poison_outputs_requested() && t.numel() > 0) t.fill_(std::numeric_limits<double>::quiet_NaN());
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_gradients(const ConvParams& p,
+                                                                  const at::Tensor& input,
+                                                                  const at::Tensor& weight,
+                                                                  std::array<bool, 3> output_mask) {
+  const auto fmt = output_memory_format(input, weight);
+  at::Tensor grad_input = output_mask[0]
+                              ? at::empty(input.sizes(), input.options().memory_format(fmt))
+                              : at::empty({0}, input.options());
+  at::Tensor grad_weight = output_mask[1]
+                               ? at::empty(weight.sizes(), weight.options().memory_format(fmt))
+                               : at::empty({0}, weight.options());
+  at::Tensor grad_bias = output_mask[2] ? at::empty({p.out_channels}, weight.options())
+                                        : at::empty({0}, weight.options());
+  poison(grad_input);
+  poison(grad_weight);
+  poison(grad_bias);
+  return {grad_input, grad_weight, grad_bias};
+}
+
 std::array<int64_t, 4> output_shape(const ConvParams& p) {
   return {p.batch, p.out_channels, p.out_height, p.out_width};
 }
 
 }  // namespace atrous
-
-// padding is per side in axis order: (top, bottom, left, right). The Python
-// API turns every padding form (ints, 'same', 'causal', F.pad-order tuples)
-// into this, so asymmetric padding never copies the input.
-//
-// conv_backward returns a zero-element tensor for each gradient whose
-// output_mask entry is false; nothing is computed for it.
-TORCH_LIBRARY(atrous, m) {
-  m.def(
-      "conv_forward(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
-      "int[2] dilation, int groups) -> Tensor");
-  m.def(
-      "conv_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
-      "int[4] padding, int[2] dilation, int groups, bool[3] output_mask) -> "
-      "(Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
-}

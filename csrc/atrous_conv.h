@@ -8,6 +8,7 @@
 #include <c10/util/Optional.h>
 
 #include <array>
+#include <tuple>
 
 #include "atrous_index.h"
 
@@ -34,6 +35,14 @@ at::MemoryFormat output_memory_format(const at::Tensor& input, const at::Tensor&
 // the kernels write them, so a test sees every element a kernel forgot.
 bool poison_outputs_requested();
 void poison(at::Tensor& t);
+
+// The gradients conv_backward returns, allocated in the output memory format
+// and poisoned when requested; a gradient whose output_mask entry is false is
+// a zero-element tensor.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_gradients(const ConvParams& p,
+                                                                  const at::Tensor& input,
+                                                                  const at::Tensor& weight,
+                                                                  std::array<bool, 3> output_mask);
 
 // Shape of grad_input / grad_weight / output in NCHW order.
 std::array<int64_t, 4> output_shape(const ConvParams& p);

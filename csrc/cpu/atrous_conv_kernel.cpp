@@ -572,17 +572,8 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
   const ConvParams p = make_conv_params("atrous_conv_backward", input, weight, c10::nullopt,
                                         stride, padding, dilation, groups);
   check_grad_output("atrous_conv_backward", p, grad_output, input);
-  const auto fmt = output_memory_format(input, weight);
-  Tensor grad_input = output_mask[0] ? at::empty(input.sizes(), input.options().memory_format(fmt))
-                                     : at::empty({0}, input.options());
-  Tensor grad_weight = output_mask[1]
-                           ? at::empty(weight.sizes(), weight.options().memory_format(fmt))
-                           : at::empty({0}, weight.options());
-  Tensor grad_bias = output_mask[2] ? at::empty({p.out_channels}, weight.options())
-                                    : at::empty({0}, weight.options());
-  poison(grad_input);
-  poison(grad_weight);
-  poison(grad_bias);
+  auto [grad_input, grad_weight, grad_bias] =
+      allocate_gradients(p, input, weight, output_mask);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "atrous_conv_backward_cpu", [&] {

@@ -11,8 +11,15 @@
 // the CPU tests use. Offsets are 64-bit throughout. No floating-point
 // atomics: every sum runs in a fixed order, so results are bitwise
 // reproducible run after run.
+//
+// With ATROUS_CUDA_EMULATION defined (tests only, see emulation.h) the float
+// and double SIMT and direct kernels and their launchers compile as host code
+// and run on the CPU; the half/bfloat16/TF32 tensor-core parts are left out.
 #pragma once
 
+#if defined(ATROUS_CUDA_EMULATION)
+#include "emulation.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -20,8 +27,10 @@
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/BFloat16.h>
-#include <c10/util/Exception.h>
 #include <c10/util/Half.h>
+#endif
+
+#include <c10/util/Exception.h>
 
 #include <cstdint>
 
@@ -40,6 +49,7 @@ template <typename T>
 struct DeviceType {
   using type = T;
 };
+#if !defined(ATROUS_CUDA_EMULATION)
 template <>
 struct DeviceType<c10::Half> {
   using type = __half;
@@ -48,6 +58,7 @@ template <>
 struct DeviceType<c10::BFloat16> {
   using type = __nv_bfloat16;
 };
+#endif
 
 template <typename T>
 struct AccType {
@@ -60,19 +71,23 @@ struct AccType<double> {
 
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
+#if !defined(ATROUS_CUDA_EMULATION)
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+#endif
 
 template <typename T>
 __device__ __forceinline__ T from_acc(float v);
 template <>
 __device__ __forceinline__ float from_acc<float>(float v) { return v; }
+#if !defined(ATROUS_CUDA_EMULATION)
 template <>
 __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
+#endif
 template <typename T>
 __device__ __forceinline__ T from_acc(double v) {
   return v;
@@ -84,6 +99,18 @@ __device__ __forceinline__ T zero_value() {
 }
 
 inline int64_t ceil_div_host(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Every launch goes through this: on the current stream, checked right away.
+#if defined(ATROUS_CUDA_EMULATION)
+#define ATROUS_LAUNCH(kernel, grid, block, stream, ...) \
+  ::atrous::emulation::launch(kernel, grid, block, __VA_ARGS__)
+#else
+#define ATROUS_LAUNCH(kernel, grid, block, stream, ...) \
+  do {                                                  \
+    kernel<<<grid, block, 0, stream>>>(__VA_ARGS__);    \
+    C10_CUDA_KERNEL_LAUNCH_CHECK();                     \
+  } while (0)
+#endif
 
 inline dim3 grid3(int64_t x, int64_t y, int64_t z) {
   return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y), static_cast<unsigned>(z));
@@ -247,6 +274,7 @@ __global__ void __launch_bounds__(256, 2)
     }
 }
 
+#if !defined(ATROUS_CUDA_EMULATION)
 // ------------------------------------- implicit GEMM, tensor cores (fp16/bf16) --
 
 // 128 x 128 tile per block, BK = 32; 8 warps in a 4 x 2 grid, each owning a
@@ -430,9 +458,10 @@ void launch_implicit_gemm_tc(const ImplicitGemmArgs& args, const GemmShape<kGrad
   const int64_t gx = ceil_div_host(shape.M, kTcBM) * args.conv.groups;
   const int64_t gy = ceil_div_host(shape.cols, kTcBN);
   check_grid(gx, gy, 1, "implicit GEMM");
-  implicit_gemm_tc_kernel<T, kGradInput><<<grid3(gx, gy, 1), 256, 0, args.stream>>>(args);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  constexpr auto kernel = implicit_gemm_tc_kernel<T, kGradInput>;
+  ATROUS_LAUNCH(kernel, grid3(gx, gy, 1), 256, args.stream, args);
 }
+#endif  // !ATROUS_CUDA_EMULATION
 
 template <typename T, bool kGradInput>
 void launch_implicit_gemm_simt(const ImplicitGemmArgs& args, const GemmShape<kGradInput>& shape) {
@@ -440,8 +469,8 @@ void launch_implicit_gemm_simt(const ImplicitGemmArgs& args, const GemmShape<kGr
   const int64_t gx = ceil_div_host(shape.M, BM) * args.conv.groups;
   const int64_t gy = ceil_div_host(shape.cols, BN);
   check_grid(gx, gy, 1, "implicit GEMM");
-  implicit_gemm_simt_kernel<T, BM, BN, BK, kGradInput><<<grid3(gx, gy, 1), 256, 0, args.stream>>>(args);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  constexpr auto kernel = implicit_gemm_simt_kernel<T, BM, BN, BK, kGradInput>;
+  ATROUS_LAUNCH(kernel, grid3(gx, gy, 1), 256, args.stream, args);
 }
 
 // Tensor cores for half/bfloat16, and for float when TF32 is allowed; SIMT
@@ -451,6 +480,10 @@ void launch_implicit_gemm(const ImplicitGemmArgs& args) {
   using T = typename DeviceType<scalar_t>::type;
   const GemmShape<kGradInput> shape(args.conv);
   if (shape.M == 0 || shape.cols == 0) return;
+#if defined(ATROUS_CUDA_EMULATION)
+  TORCH_CHECK(!args.allow_tf32, "atrous_conv (CUDA emulation): the TF32 kernels are not emulated");
+  launch_implicit_gemm_simt<T>(args, shape);
+#else
   if constexpr (sizeof(T) == 2) {
     launch_implicit_gemm_tc<T>(args, shape);
   } else if constexpr (sizeof(T) == 4) {
@@ -461,6 +494,7 @@ void launch_implicit_gemm(const ImplicitGemmArgs& args) {
   } else {
     launch_implicit_gemm_simt<T>(args, shape);
   }
+#endif
 }
 
 // ------------------------------------------------------------- grad_weight --
@@ -586,6 +620,7 @@ __global__ void __launch_bounds__(256, 2) grad_weight_simt_kernel(const GradWeig
     }
 }
 
+#if !defined(ATROUS_CUDA_EMULATION)
 // Tensor-core grad_weight: A = grad_y^T staged column-major (As[k][co]),
 // B = x staged row-major (Bs[k][ci]); 128 x 128 tile, BK = 32 pixels.
 template <typename T>
@@ -687,6 +722,7 @@ __global__ void __launch_bounds__(256, tc_min_blocks<T>()) grad_weight_tc_kernel
       __syncwarp();
     }
 }
+#endif  // !ATROUS_CUDA_EMULATION
 
 // grad_w[g*Cog + co][ci][kh][kw] = sum over s, in order, of partial[s][g*taps + tap][co][ci].
 template <typename T>
@@ -721,16 +757,20 @@ void launch_grad_weight_gemm(const GradWeightArgs& args) {
   const ConvParams& p = args.conv;
   const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
   if constexpr (kTensorCores) {
+#if !defined(ATROUS_CUDA_EMULATION)
     const int64_t tiles = ceil_div_host(cog, kTcBM) * ceil_div_host(cig, kTcBN);
     const int64_t gx = tiles * p.groups * p.taps();
     check_grid(gx, args.splits, 1, "grad_weight");
-    grad_weight_tc_kernel<T><<<grid3(gx, args.splits, 1), 256, 0, args.stream>>>(args);
+    constexpr auto kernel = grad_weight_tc_kernel<T>;
+    ATROUS_LAUNCH(kernel, grid3(gx, args.splits, 1), 256, args.stream, args);
+#endif
   } else {
     constexpr int BM = sizeof(T) == 8 ? 64 : 128, BN = BM, BK = 8;
     const int64_t tiles = ceil_div_host(cog, BM) * ceil_div_host(cig, BN);
     const int64_t gx = tiles * p.groups * p.taps();
     check_grid(gx, args.splits, 1, "grad_weight");
-    grad_weight_simt_kernel<T, BM, BN, BK><<<grid3(gx, args.splits, 1), 256, 0, args.stream>>>(args);
+    constexpr auto kernel = grad_weight_simt_kernel<T, BM, BN, BK>;
+    ATROUS_LAUNCH(kernel, grid3(gx, args.splits, 1), 256, args.stream, args);
   }
 }
 
@@ -739,6 +779,10 @@ void launch_grad_weight_impl(const GradWeightArgs& args) {
   using T = typename DeviceType<scalar_t>::type;
   const ConvParams& p = args.conv;
   const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
+#if defined(ATROUS_CUDA_EMULATION)
+  TORCH_CHECK(!args.allow_tf32, "atrous_conv (CUDA emulation): the TF32 kernels are not emulated");
+  launch_grad_weight_gemm<T, false>(args);
+#else
   if constexpr (sizeof(T) == 2) {
     launch_grad_weight_gemm<T, true>(args);
   } else if constexpr (sizeof(T) == 4) {
@@ -749,10 +793,10 @@ void launch_grad_weight_impl(const GradWeightArgs& args) {
   } else {
     launch_grad_weight_gemm<T, false>(args);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
   const int64_t total = p.groups * p.taps() * cog * cig;
-  grad_weight_reduce_kernel<T><<<elementwise_blocks(total, 256), 256, 0, args.stream>>>(args);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  constexpr auto reduce = grad_weight_reduce_kernel<T>;
+  ATROUS_LAUNCH(reduce, elementwise_blocks(total, 256), 256, args.stream, args);
 }
 
 // --------------------------------------------------------------- depthwise --
@@ -952,8 +996,8 @@ void launch_depthwise_forward(const DirectArgs& args) {
   const ConvParams& p = args.conv;
   const int64_t total = p.batch * p.out_height * p.out_width * p.out_channels;
   if (total == 0) return;
-  depthwise_forward_kernel<T><<<elementwise_blocks(total, 256), 256, 0, args.stream>>>(args);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  constexpr auto kernel = depthwise_forward_kernel<T>;
+  ATROUS_LAUNCH(kernel, elementwise_blocks(total, 256), 256, args.stream, args);
 }
 
 template <typename scalar_t>
@@ -962,8 +1006,8 @@ void launch_depthwise_grad_input(const DirectArgs& args) {
   const ConvParams& p = args.conv;
   const int64_t total = p.batch * p.in_height * p.in_width * p.in_channels;
   if (total == 0) return;
-  depthwise_grad_input_kernel<T><<<elementwise_blocks(total, 256), 256, 0, args.stream>>>(args);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  constexpr auto kernel = depthwise_grad_input_kernel<T>;
+  ATROUS_LAUNCH(kernel, elementwise_blocks(total, 256), 256, args.stream, args);
 }
 
 template <typename scalar_t>
@@ -972,12 +1016,12 @@ void launch_depthwise_grad_weight(const DirectArgs& args) {
   const ConvParams& p = args.conv;
   const int64_t blocks = p.taps() * ceil_div_host(p.out_channels, kReduceChannels);
   check_grid(blocks, args.splits, 1, "depthwise grad_weight");
-  depthwise_grad_weight_kernel<T>
-      <<<grid3(blocks, args.splits, 1), kReduceChannels * kReduceRows, 0, args.stream>>>(args);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  constexpr auto partial_sums = depthwise_grad_weight_kernel<T>;
+  ATROUS_LAUNCH(partial_sums, grid3(blocks, args.splits, 1), kReduceChannels * kReduceRows,
+                args.stream, args);
   const int64_t count = p.taps() * p.out_channels;
-  ordered_split_sum_kernel<T, true><<<elementwise_blocks(count, 256), 256, 0, args.stream>>>(args, count);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  constexpr auto ordered_sum = ordered_split_sum_kernel<T, true>;
+  ATROUS_LAUNCH(ordered_sum, elementwise_blocks(count, 256), 256, args.stream, args, count);
 }
 
 template <typename scalar_t>
@@ -985,12 +1029,12 @@ void launch_grad_bias(const DirectArgs& args) {
   using T = typename DeviceType<scalar_t>::type;
   const int64_t blocks = ceil_div_host(args.conv.out_channels, kReduceChannels);
   check_grid(blocks, args.splits, 1, "grad_bias");
-  grad_bias_kernel<T>
-      <<<grid3(blocks, args.splits, 1), kReduceChannels * kReduceRows, 0, args.stream>>>(args);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  constexpr auto partial_sums = grad_bias_kernel<T>;
+  ATROUS_LAUNCH(partial_sums, grid3(blocks, args.splits, 1), kReduceChannels * kReduceRows,
+                args.stream, args);
   const int64_t count = args.conv.out_channels;
-  ordered_split_sum_kernel<T, false><<<elementwise_blocks(count, 256), 256, 0, args.stream>>>(args, count);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  constexpr auto ordered_sum = ordered_split_sum_kernel<T, false>;
+  ATROUS_LAUNCH(ordered_sum, elementwise_blocks(count, 256), 256, args.stream, args, count);
 }
 
 #define ATROUS_INSTANTIATE_CUDA_LAUNCHERS(scalar_t)                               \

@@ -2,7 +2,11 @@
 // kernel translation units (one per dtype, built in parallel) include no ATen.
 #pragma once
 
+#if defined(ATROUS_CUDA_EMULATION)
+#include "emulation.h"
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 
@@ -78,15 +82,6 @@ template <typename scalar_t>
 void launch_depthwise_grad_weight(const DirectArgs& args);
 template <typename scalar_t>
 void launch_grad_bias(const DirectArgs& args);
-
-// The number of fixed pixel ranges grad_weight is split into. It depends on
-// the shapes only, never on the device or the thread count, so results are
-// bitwise reproducible: enough blocks to fill a large GPU, and ranges no
-// shorter than 1024 pixels.
-int64_t grad_weight_splits(const ConvParams& p);
-// The same for the channel-tile reductions (depthwise grad_weight, grad_bias),
-// given how many (tap, 32-channel tile) blocks there are.
-int64_t reduction_splits(const ConvParams& p, int64_t tiles);
 
 }  // namespace cuda
 }  // namespace atrous

@@ -1,0 +1,45 @@
+// The CUDA kernels' own code, run on the CPU: conv_kernels.cuh and the host
+// side of the CUDA ops (conv_host.h) compiled as host C++ with
+// ATROUS_CUDA_EMULATION (csrc/cuda/emulation.h), for float and double. Built
+// on the fly by tests/test_cuda_emulation.py; not part of the package.
+//
+// The tensor-core (half, bfloat16, TF32) kernels are not emulated.
+#include <torch/extension.h>
+
+#include "cuda/conv_host.h"
+#include "cuda/conv_kernels.cuh"
+
+namespace atrous {
+namespace cuda {
+ATROUS_INSTANTIATE_CUDA_LAUNCHERS(float)
+ATROUS_INSTANTIATE_CUDA_LAUNCHERS(double)
+}  // namespace cuda
+}  // namespace atrous
+
+namespace {
+
+at::Tensor conv_forward(const at::Tensor& input, const at::Tensor& weight,
+                        const c10::optional<at::Tensor>& bias, std::vector<int64_t> stride,
+                        std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                        int64_t groups) {
+  return atrous::cuda::host::conv_forward(input, weight, bias, stride, padding, dilation, groups,
+                                          nullptr);
+}
+
+std::vector<at::Tensor> conv_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                      const at::Tensor& weight, std::vector<int64_t> stride,
+                                      std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                                      int64_t groups, std::vector<bool> output_mask) {
+  TORCH_CHECK(output_mask.size() == 3, "expected an output_mask of 3 bools");
+  auto [gi, gw, gb] = atrous::cuda::host::conv_backward(
+      grad_output, input, weight, stride, padding, dilation, groups,
+      {output_mask[0], output_mask[1], output_mask[2]}, nullptr);
+  return {gi, gw, gb};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("conv_forward", &conv_forward);
+  m.def("conv_backward", &conv_backward);
+}

@@ -1,0 +1,127 @@
+"""The CUDA kernels' own code, run on the CPU.
+
+tests/emulation/emulated_kernels.cpp compiles csrc/cuda/conv_kernels.cuh and
+the host side of the CUDA ops (csrc/cuda/conv_host.h) as host C++ with
+ATROUS_CUDA_EMULATION (csrc/cuda/emulation.h: one std::thread per CUDA
+thread, std::barrier for __syncthreads, function statics for __shared__).
+That runs the float and double SIMT implicit GEMMs with the tap-class pixel
+order, the split grad_weight and its ordered reduction, the depthwise kernels
+and grad_bias, through the same launchers and grid arithmetic the GPU uses,
+and compares them with the CPU kernels. Outputs are poisoned with NaN first
+(conftest), so an element no CUDA thread writes fails the comparison.
+
+Not covered here: the tensor-core kernels (half, bfloat16, TF32), real
+concurrency between blocks, and everything only a GPU shows (timing,
+occupancy, memory errors: see bench/gpu_check.sh).
+"""
+import pathlib
+
+import pytest
+import torch
+
+from atrous_cuda import _ops
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    from torch.utils.cpp_extension import load
+
+    build_dir = ROOT / "build" / "cuda-emulation"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    return load(
+        name="atrous_cuda_emulated",
+        sources=[str(ROOT / "tests" / "emulation" / "emulated_kernels.cpp"), str(ROOT / "csrc" / "atrous_conv.cpp")],
+        extra_include_paths=[str(ROOT / "csrc")],
+        extra_cflags=["-O2", "-std=c++20", "-DATROUS_CUDA_EMULATION"],
+        build_directory=str(build_dir),
+        verbose=False,
+    )
+
+
+# name -> (input shape, weight shape, stride, padding (top, bottom, left, right), dilation, groups)
+CASES = {
+    # ASPP-like: the tap-class order cuts each axis into 3 bands
+    "aspp_rate4": ((2, 12, 13, 14), (20, 12, 3, 3), (1, 1), (4, 4, 4, 4), (4, 4), 1),
+    # more than one 128-row tile, partial N tile (130 output channels > 128)
+    "partial_tiles": ((1, 9, 12, 13), (130, 9, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "stride_asymmetric": ((2, 8, 11, 10), (6, 8, 3, 2), (2, 3), (3, 1, 0, 4), (2, 3), 1),
+    "groups3": ((1, 9, 9, 9), (12, 3, 3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 3),
+    "depthwise": ((2, 8, 9, 10), (8, 1, 3, 3), (1, 1), (3, 3, 3, 3), (3, 3), 8),
+    "depthwise_multiplier2_strided": ((1, 4, 11, 9), (8, 1, 3, 3), (2, 2), (2, 1, 1, 2), (2, 1), 4),
+    "kernel_wider_than_bands": ((1, 4, 3, 40), (5, 4, 1, 17), (1, 1), (0, 0, 8, 8), (1, 1), 1),
+    "dilation_beyond_input": ((1, 6, 5, 5), (7, 6, 3, 3), (1, 1), (12, 12, 12, 12), (12, 12), 1),
+    "causal_1d": ((2, 8, 1, 50), (8, 8, 1, 2), (1, 1), (0, 0, 16, 0), (1, 16), 1),
+    # > 2048 output pixels: grad_weight runs with 3 splits, grad_bias with 2
+    "split_reductions": ((2, 3, 33, 33), (5, 3, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "split_reductions_depthwise": ((1, 4, 48, 48), (4, 1, 3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 4),
+    "empty_batch": ((0, 8, 7, 7), (8, 8, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+}
+
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
+
+
+def _inputs(name, dtype, channels_last=False):
+    x_shape, w_shape, stride, padding, dilation, groups = CASES[name]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(x_shape, generator=gen, dtype=torch.float64).to(dtype)
+    w = torch.randn(w_shape, generator=gen, dtype=torch.float64).to(dtype)
+    b = torch.randn(w_shape[0], generator=gen, dtype=torch.float64).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, w, b, (list(stride), list(padding), list(dilation), groups)
+
+
+def _assert_close(ours, ref, dtype, what):
+    assert ours.shape == ref.shape, what
+    assert ours.stride() == ref.stride() or ours.numel() == 0, f"{what}: strides {ours.stride()} vs {ref.stride()}"
+    if ref.numel() == 0:
+        return
+    assert not torch.isnan(ours).any(), f"{what}: unwritten (NaN-poisoned) elements"
+    scale = max(ref.abs().max().item(), 1e-30)
+    err = (ours - ref).abs().max().item() / scale
+    assert err <= TOLERANCE[dtype], f"{what}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", CASES)
+def test_emulated_cuda_kernels_match_the_cpu_kernels(emulated, name, dtype):
+    x, w, b, args = _inputs(name, dtype)
+    y = emulated.conv_forward(x, w, b, *args)
+    _assert_close(y, _ops.conv_forward(x, w, b, *args), dtype, "forward")
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    ours = emulated.conv_backward(gy, x, w, *args, [True, True, True])
+    ref = _ops.conv_backward(gy, x, w, *args, [True, True, True])
+    for what, a, r in zip(("grad_input", "grad_weight", "grad_bias"), ours, ref):
+        _assert_close(a, r, dtype, what)
+
+
+@pytest.mark.parametrize("name", ["aspp_rate4", "depthwise", "stride_asymmetric"])
+def test_emulated_cuda_kernels_write_channels_last_outputs(emulated, name):
+    x, w, b, args = _inputs(name, torch.float64, channels_last=True)
+    y = emulated.conv_forward(x, w, b, *args)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _assert_close(y, _ops.conv_forward(x, w, b, *args), torch.float64, "forward")
+    gy = torch.randn(y.shape, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    for what, a, r in zip(("grad_input", "grad_weight", "grad_bias"),
+                          emulated.conv_backward(gy, x, w, *args, [True, True, True]),
+                          _ops.conv_backward(gy, x, w, *args, [True, True, True])):
+        _assert_close(a, r, torch.float64, what)
+
+
+def test_emulated_cuda_backward_computes_only_the_masked_gradients(emulated):
+    x, w, b, args = _inputs("aspp_rate4", torch.float32)
+    gy = torch.randn(emulated.conv_forward(x, w, b, *args).shape)
+    gi, gw, gb = emulated.conv_backward(gy, x, w, *args, [False, True, False])
+    assert gi.numel() == 0 and gb.numel() == 0
+    _assert_close(gw, _ops.conv_backward(gy, x, w, *args, [False, True, False])[1], torch.float32, "grad_weight")
+
+
+def test_emulated_cuda_kernels_are_deterministic(emulated):
+    x, w, b, args = _inputs("split_reductions", torch.float32)
+    gy = torch.randn(emulated.conv_forward(x, w, b, *args).shape)
+    first = emulated.conv_backward(gy, x, w, *args, [True, True, True])
+    second = emulated.conv_backward(gy, x, w, *args, [True, True, True])
+    for a, c in zip(first, second):
+        assert torch.equal(a, c)
