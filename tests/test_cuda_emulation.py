@@ -4,14 +4,16 @@ tests/emulation/emulated_kernels.cpp compiles csrc/cuda/conv_kernels.cuh and
 the host side of the CUDA ops (csrc/cuda/conv_host.h) as host C++ with
 ATROUS_CUDA_EMULATION (csrc/cuda/emulation.h: one std::thread per CUDA
 thread, std::barrier for __syncthreads, function statics for __shared__).
-That runs the float and double SIMT implicit GEMMs with the tap-class pixel
-order, the split grad_weight and its ordered reduction, the depthwise kernels
-and grad_bias, through the same launchers and grid arithmetic the GPU uses,
-and compares them with the CPU kernels. Outputs are poisoned with NaN first
-(conftest), so an element no CUDA thread writes fails the comparison.
+That runs every kernel: the float and double SIMT implicit GEMMs and the
+half, bfloat16 and TF32 tensor-core ones (WMMA emulated functionally), all
+with the tap-class pixel order, the split grad_weight and its ordered
+reduction, the depthwise kernels and grad_bias, through the same launchers and
+grid arithmetic the GPU uses, and compares them with the CPU kernels. Outputs
+are poisoned with NaN first (conftest), so an element no CUDA thread writes
+fails the comparison.
 
-Not covered here: the tensor-core kernels (half, bfloat16, TF32), real
-concurrency between blocks, and everything only a GPU shows (timing,
+Not covered here: the hardware's own WMMA fragment layout and summation order,
+real concurrency between blocks, and everything only a GPU shows (timing,
 occupancy, memory errors: see bench/gpu_check.sh).
 """
 import pathlib
@@ -34,7 +36,7 @@ def emulated():
         name="atrous_cuda_emulated",
         sources=[str(ROOT / "tests" / "emulation" / "emulated_kernels.cpp"), str(ROOT / "csrc" / "atrous_conv.cpp")],
         extra_include_paths=[str(ROOT / "csrc")],
-        extra_cflags=["-O2", "-std=c++20", "-DATROUS_CUDA_EMULATION"],
+        extra_cflags=["-O2", "-std=c++20", "-fno-strict-aliasing", "-DATROUS_CUDA_EMULATION"],
         build_directory=str(build_dir),
         verbose=False,
     )
@@ -59,10 +61,16 @@ CASES = {
     "empty_batch": ((0, 8, 7, 7), (8, 8, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
 }
 
-TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
+# Relative to the largest reference magnitude. Both sides accumulate in the
+# same precision from the same inputs and differ only in summation order, so
+# float64/float32 agree to a few units of their roundoff times the number of
+# terms; half and bfloat16 results are rounded once at the end, so they may
+# differ by one unit in the last place of the 16-bit output (2^-11, 2^-8),
+# doubled for the summation-order difference before that rounding.
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
-def _inputs(name, dtype, channels_last=False):
+def _inputs(name, dtype, channels_last=False):  # values drawn in float64, then rounded
     x_shape, w_shape, stride, padding, dilation, groups = CASES[name]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(x_shape, generator=gen, dtype=torch.float64).to(dtype)
@@ -79,12 +87,13 @@ def _assert_close(ours, ref, dtype, what):
     if ref.numel() == 0:
         return
     assert not torch.isnan(ours).any(), f"{what}: unwritten (NaN-poisoned) elements"
-    scale = max(ref.abs().max().item(), 1e-30)
-    err = (ours - ref).abs().max().item() / scale
+    scale = max(ref.double().abs().max().item(), 1e-30)
+    err = (ours.double() - ref.double()).abs().max().item() / scale
     assert err <= TOLERANCE[dtype], f"{what}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
+                         ids=["float64", "float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("name", CASES)
 def test_emulated_cuda_kernels_match_the_cpu_kernels(emulated, name, dtype):
     x, w, b, args = _inputs(name, dtype)
@@ -125,3 +134,32 @@ def test_emulated_cuda_kernels_are_deterministic(emulated):
     second = emulated.conv_backward(gy, x, w, *args, [True, True, True])
     for a, c in zip(first, second):
         assert torch.equal(a, c)
+
+
+@pytest.fixture
+def tf32_matmul():
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("name", ["aspp_rate4", "partial_tiles", "groups3", "split_reductions"])
+def test_emulated_tf32_kernels_match_the_cpu_kernels_to_tf32_precision(emulated, name, tf32_matmul):
+    """With allow_tf32, float32 runs the TF32 tensor-core kernels: inputs keep
+    10 mantissa bits (unit roundoff 2^-11), so against the exact CPU result the
+    error is a few 2^-11 times sqrt(K) relative to the largest value; we allow
+    2^-11 * sqrt(K) * 4. The result must also differ from the exact path."""
+    x, w, b, args = _inputs(name, torch.float32)
+    y = emulated.conv_forward(x, w, b, *args)
+    ref = _ops.conv_forward(x, w, b, *args)
+    k = w.shape[1] * w.shape[2] * w.shape[3]
+    err = (y - ref).abs().max().item() / ref.abs().max().item()
+    assert 0 < err <= 4 * 2.0**-11 * k**0.5, err
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    ours = emulated.conv_backward(gy, x, w, *args, [True, True, False])
+    exact = _ops.conv_backward(gy, x, w, *args, [True, True, False])
+    depth = {"grad_input": w.shape[0] // args[3] * w.shape[2] * w.shape[3], "grad_weight": y[:, 0].numel()}
+    for what, a, r in zip(("grad_input", "grad_weight"), ours, exact):
+        err = (a - r).abs().max().item() / r.abs().max().item()
+        assert err <= 4 * 2.0**-11 * depth[what] ** 0.5, (what, err)

@@ -16,12 +16,8 @@
 #include "../atrous_conv.h"
 #include "launch_args.h"
 
-#if defined(ATROUS_CUDA_EMULATION)
-#define ATROUS_CUDA_DISPATCH(type, name, ...) AT_DISPATCH_FLOATING_TYPES(type, name, __VA_ARGS__)
-#else
 #define ATROUS_CUDA_DISPATCH(type, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, name, __VA_ARGS__)
-#endif
 
 namespace atrous {
 namespace cuda {
@@ -82,9 +78,6 @@ inline int64_t round_up8(int64_t v) { return (v + 7) / 8 * 8; }
 // default: exact fp32 is the default. torch.backends.cudnn.allow_tf32 is on by
 // default, so it is not the switch. A NoTF32Guard in scope also disables it.
 inline bool allow_tf32(const Tensor& input) {
-#if defined(ATROUS_CUDA_EMULATION)
-  return false;  // the TF32 tensor-core kernels are not emulated
-#endif
   if (input.scalar_type() != at::kFloat || at::NoTF32Guard::should_disable_tf32()) return false;
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 10)
   // The per-backend setting; the legacy query throws when the legacy and new

@@ -12,9 +12,8 @@
 // atomics: every sum runs in a fixed order, so results are bitwise
 // reproducible run after run.
 //
-// With ATROUS_CUDA_EMULATION defined (tests only, see emulation.h) the float
-// and double SIMT and direct kernels and their launchers compile as host code
-// and run on the CPU; the half/bfloat16/TF32 tensor-core parts are left out.
+// With ATROUS_CUDA_EMULATION defined (tests only, see emulation.h) all of it
+// compiles as host code and runs on the CPU.
 #pragma once
 
 #if defined(ATROUS_CUDA_EMULATION)
@@ -49,7 +48,7 @@ template <typename T>
 struct DeviceType {
   using type = T;
 };
-#if !defined(ATROUS_CUDA_EMULATION)
+#if !defined(ATROUS_CUDA_EMULATION)  // the emulation's __half is c10::Half itself
 template <>
 struct DeviceType<c10::Half> {
   using type = __half;
@@ -71,23 +70,19 @@ struct AccType<double> {
 
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
-#if !defined(ATROUS_CUDA_EMULATION)
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-#endif
 
 template <typename T>
 __device__ __forceinline__ T from_acc(float v);
 template <>
 __device__ __forceinline__ float from_acc<float>(float v) { return v; }
-#if !defined(ATROUS_CUDA_EMULATION)
 template <>
 __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
-#endif
 template <typename T>
 __device__ __forceinline__ T from_acc(double v) {
   return v;
@@ -274,7 +269,6 @@ __global__ void __launch_bounds__(256, 2)
     }
 }
 
-#if !defined(ATROUS_CUDA_EMULATION)
 // ------------------------------------- implicit GEMM, tensor cores (fp16/bf16) --
 
 // 128 x 128 tile per block, BK = 32; 8 warps in a 4 x 2 grid, each owning a
@@ -461,7 +455,6 @@ void launch_implicit_gemm_tc(const ImplicitGemmArgs& args, const GemmShape<kGrad
   constexpr auto kernel = implicit_gemm_tc_kernel<T, kGradInput>;
   ATROUS_LAUNCH(kernel, grid3(gx, gy, 1), 256, args.stream, args);
 }
-#endif  // !ATROUS_CUDA_EMULATION
 
 template <typename T, bool kGradInput>
 void launch_implicit_gemm_simt(const ImplicitGemmArgs& args, const GemmShape<kGradInput>& shape) {
@@ -480,10 +473,6 @@ void launch_implicit_gemm(const ImplicitGemmArgs& args) {
   using T = typename DeviceType<scalar_t>::type;
   const GemmShape<kGradInput> shape(args.conv);
   if (shape.M == 0 || shape.cols == 0) return;
-#if defined(ATROUS_CUDA_EMULATION)
-  TORCH_CHECK(!args.allow_tf32, "atrous_conv (CUDA emulation): the TF32 kernels are not emulated");
-  launch_implicit_gemm_simt<T>(args, shape);
-#else
   if constexpr (sizeof(T) == 2) {
     launch_implicit_gemm_tc<T>(args, shape);
   } else if constexpr (sizeof(T) == 4) {
@@ -494,7 +483,6 @@ void launch_implicit_gemm(const ImplicitGemmArgs& args) {
   } else {
     launch_implicit_gemm_simt<T>(args, shape);
   }
-#endif
 }
 
 // ------------------------------------------------------------- grad_weight --
@@ -620,7 +608,6 @@ __global__ void __launch_bounds__(256, 2) grad_weight_simt_kernel(const GradWeig
     }
 }
 
-#if !defined(ATROUS_CUDA_EMULATION)
 // Tensor-core grad_weight: A = grad_y^T staged column-major (As[k][co]),
 // B = x staged row-major (Bs[k][ci]); 128 x 128 tile, BK = 32 pixels.
 template <typename T>
@@ -722,7 +709,6 @@ __global__ void __launch_bounds__(256, tc_min_blocks<T>()) grad_weight_tc_kernel
       __syncwarp();
     }
 }
-#endif  // !ATROUS_CUDA_EMULATION
 
 // grad_w[g*Cog + co][ci][kh][kw] = sum over s, in order, of partial[s][g*taps + tap][co][ci].
 template <typename T>
@@ -757,13 +743,11 @@ void launch_grad_weight_gemm(const GradWeightArgs& args) {
   const ConvParams& p = args.conv;
   const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
   if constexpr (kTensorCores) {
-#if !defined(ATROUS_CUDA_EMULATION)
     const int64_t tiles = ceil_div_host(cog, kTcBM) * ceil_div_host(cig, kTcBN);
     const int64_t gx = tiles * p.groups * p.taps();
     check_grid(gx, args.splits, 1, "grad_weight");
     constexpr auto kernel = grad_weight_tc_kernel<T>;
     ATROUS_LAUNCH(kernel, grid3(gx, args.splits, 1), 256, args.stream, args);
-#endif
   } else {
     constexpr int BM = sizeof(T) == 8 ? 64 : 128, BN = BM, BK = 8;
     const int64_t tiles = ceil_div_host(cog, BM) * ceil_div_host(cig, BN);
@@ -779,10 +763,6 @@ void launch_grad_weight_impl(const GradWeightArgs& args) {
   using T = typename DeviceType<scalar_t>::type;
   const ConvParams& p = args.conv;
   const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
-#if defined(ATROUS_CUDA_EMULATION)
-  TORCH_CHECK(!args.allow_tf32, "atrous_conv (CUDA emulation): the TF32 kernels are not emulated");
-  launch_grad_weight_gemm<T, false>(args);
-#else
   if constexpr (sizeof(T) == 2) {
     launch_grad_weight_gemm<T, true>(args);
   } else if constexpr (sizeof(T) == 4) {
@@ -793,7 +773,6 @@ void launch_grad_weight_impl(const GradWeightArgs& args) {
   } else {
     launch_grad_weight_gemm<T, false>(args);
   }
-#endif
   const int64_t total = p.groups * p.taps() * cog * cig;
   constexpr auto reduce = grad_weight_reduce_kernel<T>;
   ATROUS_LAUNCH(reduce, elementwise_blocks(total, 256), 256, args.stream, args);

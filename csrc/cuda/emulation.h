@@ -1,17 +1,29 @@
-// Host emulation of the CUDA built-ins used by the SIMT and direct kernels,
-// so the tests can run those kernels' real code on the CPU
-// (tests/emulation/emulated_kernels.cpp, built only by the tests with
-// -DATROUS_CUDA_EMULATION). One thread block runs at a time, each CUDA thread
-// as a std::thread; __syncthreads is a std::barrier and __shared__ variables
-// are function statics, shared by the block's threads. The tensor-core
-// kernels are not emulated.
+// Host emulation of the CUDA built-ins the kernels use, so the tests can run
+// the kernels' real code on the CPU (tests/emulation/emulated_kernels.cpp,
+// built only by the tests with -DATROUS_CUDA_EMULATION). One thread block
+// runs at a time, each CUDA thread as a std::thread; __syncthreads is a
+// std::barrier and __shared__ variables are function statics, shared by the
+// block's threads.
+//
+// WMMA is emulated functionally: every thread of a warp holds the whole
+// 16x16 fragment and computes the whole product (the real hardware spreads
+// it over the warp's lanes in an unspecified layout, which the kernels never
+// rely on: they only load, multiply, round to TF32 element-wise and store).
+// __syncwarp is a block-wide barrier, valid because every warp of these
+// kernels reaches the same __syncwarp calls. half and bfloat16 are c10's host
+// types, with round-to-nearest-even conversions like __float2half_rn.
 #pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #define __global__
@@ -20,7 +32,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
-#define __align__(n) alignas(n)
+#define __align__(n) __attribute__((aligned(n)))
 
 using std::fma;
 
@@ -30,6 +42,18 @@ struct dim3 {
 };
 
 using cudaStream_t = struct CUstream_st*;
+
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+
+using __half = c10::Half;
+using __nv_bfloat16 = c10::BFloat16;
+inline float __half2float(__half v) { return static_cast<float>(v); }
+inline float __bfloat162float(__nv_bfloat16 v) { return static_cast<float>(v); }
+inline __half __float2half_rn(float v) { return __half(v); }
+inline __nv_bfloat16 __float2bfloat16_rn(float v) { return __nv_bfloat16(v); }
 
 namespace atrous {
 namespace emulation {
@@ -84,9 +108,83 @@ inline int syncthreads_or(int value) {
 }  // namespace emulation
 }  // namespace atrous
 
+namespace nvcuda {
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+namespace precision {
+struct tf32 {};
+}  // namespace precision
+enum layout_t { mem_row_major, mem_col_major };
+
+// Every thread holds the whole tile: rows x cols values, row-major in x[].
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static constexpr int rows = std::is_same_v<Use, matrix_b> ? K : M;
+  static constexpr int cols = std::is_same_v<Use, matrix_a> ? K : N;
+  static constexpr int num_elements = rows * cols;
+  float x[num_elements];
+};
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, float value) {
+  for (float& v : f.x) v = value;
+}
+
+// Element (r, c) of a row_major operand is at p[r * ldm + c], of a
+// col_major one at p[c * ldm + r].
+template <typename Use, int M, int N, int K, typename T, typename Layout, typename E>
+void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const E* p, unsigned ldm) {
+  using F = fragment<Use, M, N, K, T, Layout>;
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c)
+      f.x[r * F::cols + c] = static_cast<float>(
+          std::is_same_v<Layout, col_major> ? p[c * ldm + r] : p[r * ldm + c]);
+}
+
+template <int M, int N, int K, typename TA, typename LA, typename TB, typename LB>
+void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
+              const fragment<matrix_b, M, N, K, TB, LB>& b,
+              const fragment<accumulator, M, N, K, float>& c) {
+  float out[M * N];
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      float sum = c.x[i * N + j];
+      for (int k = 0; k < K; ++k) sum += a.x[i * K + k] * b.x[k * N + j];
+      out[i * N + j] = sum;
+    }
+  std::memcpy(d.x, out, sizeof(out));
+}
+
+template <int M, int N, int K>
+void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm,
+                       layout_t layout) {
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c)
+      (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r * N + c];
+}
+
+// cvt.rna.tf32.f32: keep 10 mantissa bits, rounding to nearest, ties away from zero.
+inline float __float_to_tf32(float v) {
+  if (!std::isfinite(v)) return v;
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  bits = (bits + 0x1000u) & 0xffffe000u;
+  std::memcpy(&v, &bits, 4);
+  return v;
+}
+
+}  // namespace wmma
+}  // namespace nvcuda
+
 #define threadIdx (::atrous::emulation::thread_index)
 #define blockIdx (::atrous::emulation::block_index)
 #define blockDim (::atrous::emulation::block_dim)
 #define gridDim (::atrous::emulation::grid_dim)
 #define __syncthreads() ::atrous::emulation::syncthreads()
 #define __syncthreads_or(v) ::atrous::emulation::syncthreads_or(v)
+#define __syncwarp() ::atrous::emulation::syncthreads()

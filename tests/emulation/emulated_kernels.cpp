@@ -1,9 +1,8 @@
 // The CUDA kernels' own code, run on the CPU: conv_kernels.cuh and the host
 // side of the CUDA ops (conv_host.h) compiled as host C++ with
-// ATROUS_CUDA_EMULATION (csrc/cuda/emulation.h), for float and double. Built
-// on the fly by tests/test_cuda_emulation.py; not part of the package.
-//
-// The tensor-core (half, bfloat16, TF32) kernels are not emulated.
+// ATROUS_CUDA_EMULATION (csrc/cuda/emulation.h), for every dtype, tensor-core
+// kernels included. Built on the fly by tests/test_cuda_emulation.py; not
+// part of the package.
 #include <torch/extension.h>
 
 #include "cuda/conv_host.h"
@@ -13,6 +12,8 @@ namespace atrous {
 namespace cuda {
 ATROUS_INSTANTIATE_CUDA_LAUNCHERS(float)
 ATROUS_INSTANTIATE_CUDA_LAUNCHERS(double)
+ATROUS_INSTANTIATE_CUDA_LAUNCHERS(c10::Half)
+ATROUS_INSTANTIATE_CUDA_LAUNCHERS(c10::BFloat16)
 }  // namespace cuda
 }  // namespace atrous
 
