@@ -42,6 +42,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def tf32_matmul():
+    """float32 GEMMs may use TF32 (torch.backends.cuda.matmul.allow_tf32) for the test."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture
 def cuda():
     """The CUDA device, or a clean skip when there is none."""
     if not HAS_CUDA:

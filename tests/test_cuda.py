@@ -252,13 +252,6 @@ def test_cuda_opcheck():
     torch.library.opcheck(torch.ops.atrous.conv_forward.default, args)
 
 
-@pytest.fixture
-def tf32_matmul():
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = saved
-
 
 @pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"),
                     reason="this torch has no torch.backends.cuda.matmul.fp32_precision")

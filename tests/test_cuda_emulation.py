@@ -136,13 +136,6 @@ def test_emulated_cuda_kernels_are_deterministic(emulated):
         assert torch.equal(a, c)
 
 
-@pytest.fixture
-def tf32_matmul():
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = saved
-
 
 @pytest.mark.parametrize("name", ["aspp_rate4", "partial_tiles", "groups3", "split_reductions"])
 def test_emulated_tf32_kernels_match_the_cpu_kernels_to_tf32_precision(emulated, name, tf32_matmul):
