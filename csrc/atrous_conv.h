@@ -36,6 +36,9 @@ at::MemoryFormat output_memory_format(const at::Tensor& input, const at::Tensor&
 bool poison_outputs_requested();
 void poison(at::Tensor& t);
 
+// The forward's output, in the output memory format, poisoned when requested.
+at::Tensor allocate_output(const ConvParams& p, const at::Tensor& input, const at::Tensor& weight);
+
 // The gradients conv_backward returns, allocated in the output memory format
 // and poisoned when requested; a gradient whose output_mask entry is false is
 // a zero-element tensor.

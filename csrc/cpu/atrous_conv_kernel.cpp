@@ -324,9 +324,7 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
                         c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
   const ConvParams p =
       make_conv_params("atrous_conv", input, weight, bias, stride, padding, dilation, groups);
-  Tensor out = at::empty(output_shape(p),
-                         input.options().memory_format(output_memory_format(input, weight)));
-  poison(out);
+  Tensor out = allocate_output(p, input, weight);
   if (out.numel() == 0) return out;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),

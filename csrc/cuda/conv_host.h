@@ -117,9 +117,7 @@ inline Tensor conv_forward(const Tensor& input, const Tensor& weight,
                            cudaStream_t stream) {
   const ConvParams p =
       make_conv_params("atrous_conv", input, weight, bias, stride, padding, dilation, groups);
-  Tensor out = at::empty(output_shape(p),
-                         input.options().memory_format(output_memory_format(input, weight)));
-  poison(out);
+  Tensor out = allocate_output(p, input, weight);
   if (out.numel() == 0) return out;
   const Tensor x = to_nhwc(input);
   const Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : Tensor();

@@ -180,6 +180,24 @@ __device__ __forceinline__ void load_tile_pixels(const ImplicitGemmArgs& args, i
   __syncthreads();
 }
 
+// Fills row_offset[r] with the A-row offset each tile row reads through tap
+// (kh, kw) (-1 for padding) and tells the whole block whether any row reads
+// inside the image; the block skips the tap when none does. A barrier.
+template <bool kGradInput, int BM>
+__device__ __forceinline__ bool load_tap_row_offsets(const ConvParams& p, const Pixel* row_pixel,
+                                                     int64_t kh, int64_t kw, int64_t group,
+                                                     int64_t* row_offset) {
+  int any_valid = 0;
+  for (int r = threadIdx.x; r < BM; r += blockDim.x) {
+    const Pixel px = row_pixel[r];
+    const int64_t off =
+        px.n >= 0 ? gather_row_offset<kGradInput>(p, px.n, px.y, px.x, kh, kw, group) : -1;
+    row_offset[r] = off;
+    any_valid |= off >= 0;
+  }
+  return __syncthreads_or(any_valid) != 0;
+}
+
 // ---------------------------------------------- implicit GEMM, SIMT (fp32/64) --
 
 // A BM x BN tile of C per block of 256 threads in a 16 x 16 grid (two blocks
@@ -219,15 +237,8 @@ __global__ void __launch_bounds__(256, 2)
   for (int64_t kh = 0; kh < p.kernel_height; ++kh) {
     for (int64_t kw = 0; kw < p.kernel_width; ++kw) {
       const int64_t tap = kh * p.kernel_width + kw;
-      int any_valid = 0;
-      for (int r = tid; r < BM; r += blockDim.x) {
-        const Pixel px = row_pixel[r];
-        const int64_t off =
-            px.n >= 0 ? gather_row_offset<kGradInput>(p, px.n, px.y, px.x, kh, kw, group) : -1;
-        row_offset[r] = off;
-        any_valid |= off >= 0;
-      }
-      if (!__syncthreads_or(any_valid)) continue;  // the whole tile reads padding
+      if (!load_tap_row_offsets<kGradInput, BM>(p, row_pixel, kh, kw, group, row_offset))
+        continue;  // the whole tile reads padding
       const T* b_tap = b + (group * p.taps() + tap) * shape.depth * args.b_cols;
       for (int64_t c0 = 0; c0 < shape.depth; c0 += BK) {
         for (int e = tid; e < BM * BK; e += blockDim.x) {
@@ -376,15 +387,8 @@ __global__ void __launch_bounds__(256, tc_min_blocks<T>())
   for (int64_t kh = 0; kh < p.kernel_height; ++kh) {
     for (int64_t kw = 0; kw < p.kernel_width; ++kw) {
       const int64_t tap = kh * p.kernel_width + kw;
-      int any_valid = 0;
-      for (int r = tid; r < kTcBM; r += blockDim.x) {
-        const Pixel px = row_pixel[r];
-        const int64_t off =
-            px.n >= 0 ? gather_row_offset<kGradInput>(p, px.n, px.y, px.x, kh, kw, group) : -1;
-        row_offset[r] = off;
-        any_valid |= off >= 0;
-      }
-      if (!__syncthreads_or(any_valid)) continue;  // the whole tile reads padding
+      if (!load_tap_row_offsets<kGradInput, kTcBM>(p, row_pixel, kh, kw, group, row_offset))
+        continue;  // the whole tile reads padding
       const T* b_tap = b + (group * p.taps() + tap) * shape.depth * args.b_cols;
       for (int64_t c0 = 0; c0 < shape.depth; c0 += kTcBK) {
         // A: 128 rows x 32 channels, in 16-byte chunks.
@@ -520,6 +524,49 @@ __device__ __forceinline__ void tap_pixel_offsets(const ConvParams& p, const Tap
            group * p.in_channels_per_group();
 }
 
+// The (group, tap, Cout tile, Cin tile) a grad_weight block owns: block x
+// enumerates them with the Cin tile fastest.
+struct GradWeightTile {
+  int64_t group, tap, kh, kw, m0, n0;
+};
+template <int BM, int BN>
+__device__ __forceinline__ GradWeightTile grad_weight_tile(const ConvParams& p) {
+  const int64_t tiles_m = (p.out_channels_per_group() + BM - 1) / BM;
+  const int64_t tiles_n = (p.in_channels_per_group() + BN - 1) / BN;
+  int64_t bx = blockIdx.x;
+  const int64_t tile_n = bx % tiles_n;
+  bx /= tiles_n;
+  const int64_t tile_m = bx % tiles_m;
+  bx /= tiles_m;
+  GradWeightTile t;
+  t.tap = bx % p.taps();
+  t.group = bx / p.taps();
+  t.kh = t.tap / p.kernel_width;
+  t.kw = t.tap % p.kernel_width;
+  t.m0 = tile_m * BM;
+  t.n0 = tile_n * BN;
+  return t;
+}
+
+// Offsets of the BK pixels k0.. of the tap (-1 past k_end) into gy_off /
+// x_off, for the whole block to read after the barrier.
+template <int BK>
+__device__ __forceinline__ void load_chunk_pixel_offsets(const ConvParams& p, const TapPixels& tp,
+                                                         int64_t kh, int64_t kw, int64_t group,
+                                                         int64_t k0, int64_t k_end,
+                                                         int64_t* gy_off, int64_t* x_off) {
+  const int t = threadIdx.x;
+  if (t < BK) {
+    if (k0 + t < k_end) {
+      tap_pixel_offsets(p, tp, kh, kw, group, k0 + t, &gy_off[t], &x_off[t]);
+    } else {
+      gy_off[t] = -1;
+      x_off[t] = -1;
+    }
+  }
+  __syncthreads();
+}
+
 // The pixel range of split s: fixed by the shapes alone.
 __device__ __forceinline__ void split_range(int64_t count, int64_t splits, int64_t s, int64_t* begin,
                                             int64_t* end) {
@@ -536,15 +583,9 @@ __global__ void __launch_bounds__(256, 2) grad_weight_simt_kernel(const GradWeig
   constexpr int TM = BM / 16, TN = BN / 16;
   const ConvParams& p = args.conv;
   const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
-  const int64_t tiles_m = (cog + BM - 1) / BM, tiles_n = (cig + BN - 1) / BN;
-  int64_t bx = blockIdx.x;
-  const int64_t tile_n = bx % tiles_n;
-  bx /= tiles_n;
-  const int64_t tile_m = bx % tiles_m;
-  bx /= tiles_m;
-  const int64_t tap = bx % p.taps(), group = bx / p.taps();
-  const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
-  const int64_t m0 = tile_m * BM, n0 = tile_n * BN;
+  const GradWeightTile tile = grad_weight_tile<BM, BN>(p);
+  const int64_t tap = tile.tap, group = tile.group, kh = tile.kh, kw = tile.kw;
+  const int64_t m0 = tile.m0, n0 = tile.n0;
   const T* gy = static_cast<const T*>(args.grad_output);
   const T* x = static_cast<const T*>(args.input);
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -563,15 +604,7 @@ __global__ void __launch_bounds__(256, 2) grad_weight_simt_kernel(const GradWeig
   int64_t k_begin, k_end;
   split_range(tp.count, args.splits, blockIdx.y, &k_begin, &k_end);
   for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
-    if (tid < BK) {
-      if (k0 + tid < k_end) {
-        tap_pixel_offsets(p, tp, kh, kw, group, k0 + tid, &gy_off[tid], &x_off[tid]);
-      } else {
-        gy_off[tid] = -1;
-        x_off[tid] = -1;
-      }
-    }
-    __syncthreads();
+    load_chunk_pixel_offsets<BK>(p, tp, kh, kw, group, k0, k_end, gy_off, x_off);
     for (int e = tid; e < BK * BM; e += blockDim.x) {
       const int kk = e / BM, mm = e % BM;
       const int64_t co = m0 + mm;
@@ -614,15 +647,9 @@ template <typename T>
 __global__ void __launch_bounds__(256, tc_min_blocks<T>()) grad_weight_tc_kernel(const GradWeightArgs args) {
   const ConvParams& p = args.conv;
   const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
-  const int64_t tiles_m = (cog + kTcBM - 1) / kTcBM, tiles_n = (cig + kTcBN - 1) / kTcBN;
-  int64_t bx = blockIdx.x;
-  const int64_t tile_n = bx % tiles_n;
-  bx /= tiles_n;
-  const int64_t tile_m = bx % tiles_m;
-  bx /= tiles_m;
-  const int64_t tap = bx % p.taps(), group = bx / p.taps();
-  const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
-  const int64_t m0 = tile_m * kTcBM, n0 = tile_n * kTcBN;
+  const GradWeightTile tile = grad_weight_tile<kTcBM, kTcBN>(p);
+  const int64_t tap = tile.tap, group = tile.group, kh = tile.kh, kw = tile.kw;
+  const int64_t m0 = tile.m0, n0 = tile.n0;
   const T* gy = static_cast<const T*>(args.grad_output);
   const T* x = static_cast<const T*>(args.input);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -646,15 +673,7 @@ __global__ void __launch_bounds__(256, tc_min_blocks<T>()) grad_weight_tc_kernel
   int64_t k_begin, k_end;
   split_range(tp.count, args.splits, blockIdx.y, &k_begin, &k_end);
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kTcBK) {
-    if (tid < kTcBK) {
-      if (k0 + tid < k_end) {
-        tap_pixel_offsets(p, tp, kh, kw, group, k0 + tid, &gy_off[tid], &x_off[tid]);
-      } else {
-        gy_off[tid] = -1;
-        x_off[tid] = -1;
-      }
-    }
-    __syncthreads();
+    load_chunk_pixel_offsets<kTcBK>(p, tp, kh, kw, group, k0, k_end, gy_off, x_off);
     for (int e = tid; e < kTcBK * (kTcBM / kChunk); e += blockDim.x) {
       const int kk = e / (kTcBM / kChunk), q = (e % (kTcBM / kChunk)) * kChunk;
       const int64_t co = m0 + q;
