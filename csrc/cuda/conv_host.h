@@ -123,8 +123,7 @@ inline Tensor conv_forward(const Tensor& input, const Tensor& weight,
   const Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : Tensor();
   const void* bias_ptr = b.defined() ? b.data_ptr() : nullptr;
 
-  ATROUS_CUDA_DISPATCH(input.scalar_type(),
-                                  "atrous_conv_forward_cuda", [&] {
+  ATROUS_CUDA_DISPATCH(input.scalar_type(), "atrous_conv_forward_cuda", [&] {
     if (p.in_channels_per_group() == 1) {
       const Tensor w = weight.reshape({p.out_channels, p.taps()}).contiguous();
       launch_depthwise_forward<scalar_t>(DirectArgs{p, x.data_ptr(), w.data_ptr(), bias_ptr,
@@ -161,8 +160,7 @@ inline std::tuple<Tensor, Tensor, Tensor> conv_backward(
   const Tensor gy = to_nhwc(grad_output);
   const bool depthwise = p.in_channels_per_group() == 1;
 
-  ATROUS_CUDA_DISPATCH(input.scalar_type(),
-                                  "atrous_conv_backward_cuda", [&] {
+  ATROUS_CUDA_DISPATCH(input.scalar_type(), "atrous_conv_backward_cuda", [&] {
     if (output_mask[0] && grad_input.numel() > 0) {
       if (depthwise) {
         const Tensor w = weight.reshape({p.out_channels, p.taps()}).contiguous();
