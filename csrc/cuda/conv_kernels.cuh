@@ -200,10 +200,34 @@ __device__ __forceinline__ bool load_tap_row_offsets(const ConvParams& p, const 
 
 // ---------------------------------------------- implicit GEMM, SIMT (fp32/64) --
 
+// Thread (ty, tx) of the 16 x 16 grid owns rows simt_index(ty, i) and columns
+// simt_index(tx, j): groups of 4 consecutive values, 64 apart, so each group
+// is one 16-byte (float) or two 16-byte (double) shared-memory loads, and a
+// warp's 16 tx read 256 contiguous bytes of a B row.
+__device__ __forceinline__ int simt_index(int t, int i) { return (i / 4) * 64 + t * 4 + (i % 4); }
+
+// Four consecutive shared-memory values, 16-byte aligned.
+__device__ __forceinline__ void load4(const float* p, float* out) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  out[0] = v.x;
+  out[1] = v.y;
+  out[2] = v.z;
+  out[3] = v.w;
+}
+__device__ __forceinline__ void load4(const double* p, double* out) {
+  const double2 lo = *reinterpret_cast<const double2*>(p);
+  const double2 hi = *reinterpret_cast<const double2*>(p + 2);
+  out[0] = lo.x;
+  out[1] = lo.y;
+  out[2] = hi.x;
+  out[3] = hi.y;
+}
+
 // A BM x BN tile of C per block of 256 threads in a 16 x 16 grid (two blocks
-// per SM: at most 128 registers, which ptxas otherwise undercuts with spills); thread
-// (ty, tx) owns rows ty + 16 i and columns tx + 16 j, so shared-memory reads
-// of B are conflict-free and reads of A are broadcasts. The K loop runs over
+// per SM: at most 128 registers, which ptxas otherwise undercuts with spills);
+// thread (ty, tx) owns rows simt_index(ty, i) and columns simt_index(tx, j),
+// so shared-memory reads are 16-byte vectors, conflict-free for B and
+// broadcasts for A. The K loop runs over
 // taps, and a tap none of whose BM rows reads inside the image is skipped by
 // the whole block (the padding skip: rows are in tap-class order, so tiles
 // rarely straddle classes); within a tap, over BK channels at a time.
@@ -222,8 +246,9 @@ __global__ void __launch_bounds__(256, 2)
   const int64_t m0 = (blockIdx.x % tiles_m) * BM, n0 = int64_t(blockIdx.y) * BN;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
 
-  __shared__ acc_t As[BK][BM + 4];
-  __shared__ acc_t Bs[BK][BN + 4];
+  static_assert(BM % 64 == 0 && BN % 64 == 0, "thread tiles are groups of 4 rows, 64 apart");
+  __shared__ __align__(16) acc_t As[BK][BM + 4];
+  __shared__ __align__(16) acc_t Bs[BK][BN + 4];
   __shared__ int64_t row_offset[BM];
   __shared__ Pixel row_pixel[BM];
   load_tile_pixels<BM>(args, shape.M, m0, row_pixel);
@@ -257,9 +282,9 @@ __global__ void __launch_bounds__(256, 2)
         for (int kk = 0; kk < BK; ++kk) {
           acc_t a_frag[TM], b_frag[TN];
 #pragma unroll
-          for (int i = 0; i < TM; ++i) a_frag[i] = As[kk][ty + 16 * i];
+          for (int i = 0; i < TM; i += 4) load4(&As[kk][simt_index(ty, i)], &a_frag[i]);
 #pragma unroll
-          for (int j = 0; j < TN; ++j) b_frag[j] = Bs[kk][tx + 16 * j];
+          for (int j = 0; j < TN; j += 4) load4(&Bs[kk][simt_index(tx, j)], &b_frag[j]);
 #pragma unroll
           for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -273,8 +298,8 @@ __global__ void __launch_bounds__(256, 2)
   for (int i = 0; i < TM; ++i)
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-      const int r = ty + 16 * i;
-      const int64_t col = n0 + tx + 16 * j;
+      const int r = simt_index(ty, i);
+      const int64_t col = n0 + simt_index(tx, j);
       if (row_pixel[r].n >= 0 && col < shape.cols)
         store_result<kGradInput, T>(args, shape, row_pixel[r], col, group, acc[i][j]);
     }

@@ -43,6 +43,12 @@ struct dim3 {
 
 using cudaStream_t = struct CUstream_st*;
 
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(16) double2 {
+  double x, y;
+};
 struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
