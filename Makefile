@@ -9,6 +9,10 @@ PY := $(VENV)/bin/python
 # An unpinned torch downloads several GB; 2.14.1 (CUDA 13.0 build) is what this
 # project is developed and tested with. The package itself needs torch >= 2.4.
 TORCH_SPEC ?= torch==2.14.1
+# torchvision pairs with that torch (0.29.x <-> 2.14); it is only for the models' reference tests
+# (torchvision's ASPP). matplotlib draws the bench chart and the demo/receptive-field pictures;
+# tqdm is the bench's progress bar. Both are optional at run time.
+EXTRA_SPEC ?= torchvision==0.29.1 matplotlib tqdm
 MAX_JOBS ?= 2
 export MAX_JOBS
 
@@ -16,7 +20,7 @@ export MAX_JOBS
 
 $(VENV)/.installed: Makefile pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)" setuptools wheel ninja pybind11 pytest hypothesis numpy expecttest
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(EXTRA_SPEC) setuptools wheel ninja pybind11 pytest hypothesis numpy expecttest
 	touch $@
 
 setup: $(VENV)/.installed
