@@ -6,13 +6,16 @@ against torch in the same run. Ratios are torch time / our time (> 1 means we
 are faster); GFLOP/s count only useful multiply-adds, the ones whose input
 pixel is inside the image, so skipping padding earns no credit by itself.
 
-The GPU suite is the one of the CUDA issue. The CPU suite runs the same layers
-at batch 1 with a quarter of the channels, so the whole table takes a few
-minutes on two cores.
+The GPU suite is the one of the CUDA issue; the CPU suite is the one of the
+CPU issue, in NCHW and channels_last. Results go to the terminal (with a
+progress bar), and to `bench/results/bench-<device>.{md,json,png}`: the
+markdown tables, the same rows as JSON, and a bar chart of the ratios.
 """
 import argparse
 import datetime
+import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -54,19 +57,33 @@ GPU_SUITE += [replace(GPU_SUITE[0], name="1 ASPP OS16, N=1", batch=1),
               replace(GPU_SUITE[1], name="2 ASPP OS8, N=1", batch=1)]
 
 
+# The CPU issue's suite (fp32; run in NCHW and in channels_last).
+CPU_SUITE = [
+    Layer("1 ASPP OS16", 1, 2048, 33, 33, 256, (3, 3), (6, 12, 18)),
+    Layer("2 ASPP OS8", 1, 2048, 65, 65, 256, (3, 3), (12, 24, 36)),
+    Layer("3 ResNet layer4 OS8", 1, 512, 65, 65, 512, (3, 3), (4,)),
+    Layer("4 ResNet layer3 OS8", 2, 256, 65, 65, 256, (3, 3), (2,)),
+    Layer("5 sep. ASPP (dw)", 2, 2048, 33, 33, 2048, (3, 3), (12,), groups=2048),
+    Layer("6 WaveNet 1-D k=2", 2, 256, 1, 16000, 512, (1, 2), (1, 32, 512)),
+    Layer("6 WaveNet 1-D k=3", 2, 256, 1, 16000, 512, (1, 3), (1, 32, 512)),
+    Layer("7 small C, large map", 1, 64, 256, 512, 64, (3, 3), (16,)),
+]
+
+
 def cpu_suite():
-    rows = []
-    for layer in GPU_SUITE[:8]:
-        groups = layer.groups // 4 if layer.groups > 1 else 1
-        rows.append(replace(layer, batch=1, in_channels=layer.in_channels // 4,
-                            out_channels=layer.out_channels // 4, groups=groups))
-    return rows
+    return list(CPU_SUITE)
 
 
 def padding_for(layer, dilation):
-    # 'same' output size: pad d*(k-1)/2 on each side of each axis (k odd).
-    return [dilation * (layer.kernel[0] - 1) // 2 if layer.height > 1 else 0,
-            dilation * (layer.kernel[1] - 1) // 2]
+    """Symmetric padding per axis (height, width), as torch takes it.
+
+    Odd kernels get 'same' padding, d*(k-1)/2 a side. Even kernels (WaveNet's
+    k=2) get torch's causal idiom: d*(k-1) on both sides, the caller trims the
+    right end; both sides of the comparison compute the same rows.
+    """
+    def axis(k, d):
+        return d * (k - 1) // 2 if k % 2 else d * (k - 1)
+    return [axis(layer.kernel[0], dilation) if layer.height > 1 else 0, axis(layer.kernel[1], dilation)]
 
 
 def useful_macs(layer, dilation):
@@ -173,7 +190,9 @@ def run_layer(layer, dilation, device, dtype, warmup, reps, memory_format=torch.
             finally:
                 torch.backends.cudnn.deterministic = False
         results.append(dict(
-            layer=layer.name, dilation=dilation, direction=direction, ours_ms=t_ours * 1e3,
+            layer=layer.name, dilation=dilation, direction=direction,
+            memory_format="channels_last" if memory_format == torch.channels_last else "nchw",
+            useful_macs=macs, height=layer.height, width=layer.width, ours_ms=t_ours * 1e3,
             torch_ms=t_torch * 1e3, ratio=t_torch / t_ours, gflops=2 * macs / t_ours / 1e9,
             det_ratio=t_det / t_ours, error=errors[direction], ok=errors[direction] <= TOLERANCE[dtype],
         ))
@@ -181,15 +200,50 @@ def run_layer(layer, dilation, device, dtype, warmup, reps, memory_format=torch.
 
 
 def _geomean(values):
-    values = [v for v in values if v > 0]
+    values = [v for v in values if v > 0 and math.isfinite(v)]
     if not values:
         return float("nan")
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def format_table(device_name, dtype, rows, gpu=False):
+def summarize(rows, gpu=False, peak_gflops=None):
+    """The issue targets' measures over one table: geometric means of
+    torch time / our time, and the share of the machine's peak."""
+    summary = {}
+    for direction in ("forward", "grad_input", "grad_weight"):
+        summary[direction] = _geomean([r["ratio"] for r in rows if r["direction"] == direction])
+    per_conv = {}
+    for r in rows:
+        ours, theirs = per_conv.get((r["layer"], r["dilation"]), (0.0, 0.0))
+        per_conv[(r["layer"], r["dilation"])] = (ours + r["ours_ms"], theirs + r["torch_ms"])
+    summary["forward+backward"] = _geomean([t / o for o, t in per_conv.values()])
+    summary["rate>=12"] = _geomean([r["ratio"] for r in rows if r["dilation"] >= 12 and r["height"] > 1])
+    # The CPU issue's ASPP target: rates >= 12 on maps <= 65x65, every direction.
+    summary["ASPP rate>=12"] = _geomean([
+        r["ratio"] for r in rows
+        if "ASPP" in r["layer"] and "dw" not in r["layer"] and r["dilation"] >= 12
+        and r["height"] <= 65 and r["width"] <= 65])
+    if gpu:
+        summary["torch deterministic/ours"] = _geomean([r["det_ratio"] for r in rows])
+    if peak_gflops:
+        # "The largest shapes": the rows with at least half the useful work of the largest row.
+        largest = max(r["useful_macs"] for r in rows)
+        big = [r["gflops"] / peak_gflops for r in rows if r["useful_macs"] >= largest / 2]
+        summary["share of peak, largest shapes (median)"] = statistics.median(big) if big else float("nan")
+        summary["share of peak, largest shapes (min)"] = min(big) if big else float("nan")
+    return summary
+
+
+# The CPU issue's targets (torch time / ours, or share of peak), shown beside each measure.
+CPU_TARGETS = {"forward": 1.0, "forward+backward": 1.0, "ASPP rate>=12": 1.5, "grad_weight": 1.5,
+               "share of peak, largest shapes (median)": 0.8}
+# The CUDA issue's targets.
+GPU_TARGETS = {"forward": 1.0, "forward+backward": 1.0, "rate>=12": 1.5, "torch deterministic/ours": 3.0}
+
+
+def format_table(title, rows, summary, gpu=False):
     lines = [
-        f"### {device_name}, {str(dtype).replace('torch.', '')}",
+        f"### {title}",
         "",
         "| layer | dilation | direction | ours ms | torch ms | torch/ours | useful "
         + ("TFLOP/s | torch det./ours" if gpu else "GFLOP/s") + " | rel. error | check |",
@@ -202,35 +256,110 @@ def format_table(device_name, dtype, rows, gpu=False):
             f"{r['ratio']:.2f} | {rate} | {r['error']:.1e} | {'ok' if r['ok'] else 'FAIL'} |"
         )
     lines.append("")
-    for direction in ("forward", "grad_input", "grad_weight"):
-        sel = [r["ratio"] for r in rows if r["direction"] == direction]
-        lines.append(f"- geometric mean torch/ours, {direction}: {_geomean(sel):.2f}")
-    fwd_bwd = {}
-    for r in rows:
-        key = (r["layer"], r["dilation"])
-        o, t = fwd_bwd.get(key, (0.0, 0.0))
-        fwd_bwd[key] = (o + r["ours_ms"], t + r["torch_ms"])
-    lines.append(f"- geometric mean torch/ours, forward+backward: {_geomean([t / o for o, t in fwd_bwd.values()]):.2f}")
-    high_rate = [r["ratio"] for r in rows if r["dilation"] >= 12]
-    if high_rate:
-        lines.append(f"- geometric mean torch/ours on rows with rate >= 12: {_geomean(high_rate):.2f}")
-    if gpu:
-        lines.append(f"- geometric mean torch deterministic/ours: {_geomean([r['det_ratio'] for r in rows]):.2f}")
+    targets = GPU_TARGETS if gpu else CPU_TARGETS
+    for name, value in summary.items():
+        if isinstance(value, float) and math.isnan(value):
+            continue
+        shown = f"{value:.0%}" if name.startswith("share") else f"{value:.2f}"
+        if name in targets and value < targets[name] and float(shown.rstrip("%")) >= targets[name] * (
+                100 if name.startswith("share") else 1):
+            shown = f"{value:.1%}" if name.startswith("share") else f"{value:.3f}"  # just short: show it
+        kind = "" if name.startswith("share") else "geometric mean torch/ours, "
+        target = targets.get(name)
+        verdict = ""
+        if target is not None:
+            goal = f"{target:.0%}" if name.startswith("share") else f"{target:.1f}"
+            verdict = f" (target >= {goal}: {'met' if value >= target else 'not met'})"
+        lines.append(f"- {kind}{name}: {shown}{verdict}")
     return "\n".join(lines)
 
 
-def environment_lines():
+def environment(peak_gflops=None):
     info = _C.build_info()
-    lines = [
-        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"- python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}",
-        f"- atrous_cuda built with CUDA: {info['with_cuda']} (archs: {info['cuda_archs'] or 'none'}); "
-        f"CPU GEMM: {info['cpu_isa']} (available: {info['cpu_isas_available']}); threads: {info['cpu_threads']}",
-        f"- CPU: {platform.processor() or platform.machine()}",
-    ]
+    env = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "with_cuda": info["with_cuda"], "cuda_archs": info["cuda_archs"], "cpu_isa": info["cpu_isa"],
+        "cpu_isas_available": info["cpu_isas_available"], "cpu_threads": info["cpu_threads"],
+        "cpu": platform.processor() or platform.machine(), "cpu_peak_gflops": peak_gflops,
+    }
     if torch.cuda.is_available():
-        lines.append(f"- GPU: {torch.cuda.get_device_name()}, cudnn {torch.backends.cudnn.version()}")
+        env["gpu"] = torch.cuda.get_device_name()
+        env["cudnn"] = torch.backends.cudnn.version()
+    return env
+
+
+def environment_lines(env):
+    lines = [
+        f"- date: {env['date']}",
+        f"- python {env['python']}, torch {env['torch']}, CUDA {env['cuda']}",
+        f"- atrous_cuda built with CUDA: {env['with_cuda']} (archs: {env['cuda_archs'] or 'none'}); "
+        f"CPU GEMM: {env['cpu_isa']} (available: {env['cpu_isas_available']}); threads: {env['cpu_threads']}",
+        f"- CPU: {env['cpu']}",
+    ]
+    if env.get("cpu_peak_gflops"):
+        lines.append(f"- measured CPU fp32 FMA peak ({env['cpu_isa']}, {env['cpu_threads']} threads): "
+                     f"{env['cpu_peak_gflops']:.0f} GFLOP/s")
+    if env.get("gpu"):
+        lines.append(f"- GPU: {env['gpu']}, cudnn {env['cudnn']}")
     return lines
+
+
+def plot_ratios(sections, path):
+    """A bar chart of torch time / our time, one panel per table. Returns
+    False when matplotlib is not installed (the chart is optional)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    directions = ("forward", "grad_input", "grad_weight")
+    fig, axes = plt.subplots(len(sections), 1, figsize=(14, 4.2 * len(sections)), squeeze=False)
+    for ax, section in zip(axes[:, 0], sections):
+        convs = list(dict.fromkeys((r["layer"], r["dilation"]) for r in section["rows"]))
+        width = 0.8 / len(directions)
+        for i, direction in enumerate(directions):
+            by_conv = {(r["layer"], r["dilation"]): r["ratio"] for r in section["rows"] if r["direction"] == direction}
+            ax.bar([c + (i - 1) * width for c in range(len(convs))], [by_conv.get(c, 0.0) for c in convs],
+                   width, label=direction)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(convs)))
+        ax.set_xticklabels([f"{name}\nd={d}" for name, d in convs], fontsize=7)
+        ax.set_ylabel("torch time / ours")
+        ax.set_yscale("log")
+        ax.set_title(section["title"], fontsize=10)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+class _Progress:
+    """tqdm's bar when tqdm is installed, plain lines otherwise."""
+
+    def __init__(self, total):
+        try:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, unit="conv", file=sys.stderr, dynamic_ncols=True)
+        except ImportError:
+            self._bar = None
+
+    def write(self, line):
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def update(self, description):
+        if self._bar is not None:
+            self._bar.set_description(description[:40])
+            self._bar.update(1)
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
 
 
 def main(argv=None):
@@ -240,9 +369,13 @@ def main(argv=None):
                         help="'all' (default) runs every device present")
     parser.add_argument("--dtype", action="append", choices=["float32", "bfloat16", "float16", "float64"],
                         help="default: float32 on CPU; float32 and bfloat16 on CUDA")
+    parser.add_argument("--memory-format", action="append", choices=["nchw", "channels_last"],
+                        help="default: both on CPU, nchw on CUDA")
     parser.add_argument("--quick", action="store_true", help="the first dilation of each layer only, fewer reps")
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--report", help="also write the tables as markdown to this file")
+    parser.add_argument("--results-dir", default=os.path.join("bench", "results"),
+                        help="where bench-<device>.{md,json,png} go (default: bench/results); '' for none")
+    parser.add_argument("--report", help="also write all the tables as markdown to this file")
     args = parser.parse_args(argv)
 
     devices = []
@@ -261,35 +394,62 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
 
-    sections = ["## atrous_cuda benchmark", "", *environment_lines(), ""]
-    print("\n".join(sections), flush=True)
+    peak = _C.cpu_peak_gflops() if "cpu" in devices else None
+    env = environment(peak)
+    report = ["## atrous_cuda benchmark", "", *environment_lines(env), ""]
+    print("\n".join(report), flush=True)
     failures = 0
     for device in devices:
-        suite = GPU_SUITE if device == "cuda" else cpu_suite()
-        dtypes = args.dtype or (["float32", "bfloat16"] if device == "cuda" else ["float32"])
-        reps = args.reps or (20 if device == "cuda" else 5)
-        warmup = 5 if device == "cuda" else 1
+        gpu = device == "cuda"
+        suite = GPU_SUITE if gpu else cpu_suite()
+        dtypes = args.dtype or (["float32", "bfloat16"] if gpu else ["float32"])
+        formats = args.memory_format or (["nchw"] if gpu else ["nchw", "channels_last"])
+        reps = args.reps or (20 if gpu else 5)
+        warmup = 5 if gpu else 1
         if args.quick:
             reps = max(3, reps // 4)
-        name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({_C.build_info()['cpu_threads']} threads)"
+        name = torch.cuda.get_device_name() if gpu else f"CPU ({env['cpu_threads']} threads)"
+        units = sum(len(layer.dilations[:1] if args.quick else layer.dilations) for layer in suite)
+        progress = _Progress(units * len(dtypes) * len(formats))
+        sections = []
         for dtype_name in dtypes:
             dtype = getattr(torch, dtype_name)
-            rows = []
-            for layer in suite:
-                dilations = layer.dilations[:1] if args.quick else layer.dilations
-                for d in dilations:
-                    rows += run_layer(layer, d, device, dtype, warmup, reps)
-                    for r in rows[-3:]:
-                        print(f"  {r['layer']:<30} d={r['dilation']:<4} {r['direction']:<11} ours {r['ours_ms']:9.3f} ms"
-                              f"  torch {r['torch_ms']:9.3f} ms  x{r['ratio']:.2f}  {r['gflops']:8.1f} GFLOP/s"
-                              f"  err {r['error']:.1e} {'ok' if r['ok'] else 'FAIL'}", flush=True)
-            failures += sum(not r["ok"] for r in rows)
-            table = format_table(name, dtype, rows, gpu=device == "cuda")
-            print("\n" + table + "\n", flush=True)
-            sections += [table, ""]
+            for fmt in formats:
+                memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+                rows = []
+                for layer in suite:
+                    for d in layer.dilations[:1] if args.quick else layer.dilations:
+                        rows += run_layer(layer, d, device, dtype, warmup, reps, memory_format)
+                        for r in rows[-3:]:
+                            progress.write(
+                                f"  {r['layer']:<24} d={r['dilation']:<4} {fmt:<13} {r['direction']:<11} "
+                                f"ours {r['ours_ms']:9.3f} ms  torch {r['torch_ms']:9.3f} ms  x{r['ratio']:.2f}  "
+                                f"{r['gflops']:8.1f} GFLOP/s  err {r['error']:.1e} {'ok' if r['ok'] else 'FAIL'}")
+                        progress.update(f"{device} {dtype_name} {fmt}")
+                failures += sum(not r["ok"] for r in rows)
+                title = f"{name}, {dtype_name}, {fmt}"
+                summary = summarize(rows, gpu=gpu, peak_gflops=None if gpu else peak)
+                sections.append(dict(device=device, dtype=dtype_name, memory_format=fmt, title=title,
+                                     rows=rows, summary=summary))
+        progress.close()
+        tables = [format_table(s["title"], s["rows"], s["summary"], gpu=gpu) for s in sections]
+        print("\n" + "\n\n".join(tables) + "\n", flush=True)
+        report += [t + "\n" for t in tables]
+        if args.results_dir:
+            os.makedirs(args.results_dir, exist_ok=True)
+            stem = os.path.join(args.results_dir, f"bench-{device}")
+            device_report = ["## atrous_cuda benchmark", "", *environment_lines(env), "", *[t + "\n" for t in tables]]
+            with open(stem + ".md", "w") as f:
+                f.write("\n".join(device_report))
+            with open(stem + ".json", "w") as f:
+                json.dump(dict(environment=env, sections=sections), f, indent=1)
+            written = [stem + ".md", stem + ".json"]
+            if plot_ratios(sections, stem + ".png"):
+                written.append(stem + ".png")
+            print("wrote " + ", ".join(written))
     if args.report:
         with open(args.report, "w") as f:
-            f.write("\n".join(sections) + "\n")
+            f.write("\n".join(report) + "\n")
         print(f"wrote {args.report}")
     if failures:
         print(f"{failures} row(s) FAILED the correctness check", file=sys.stderr)

@@ -58,7 +58,7 @@ else
   echo "== compute-sanitizer not found: memcheck and racecheck NOT RUN"
 fi
 # shellcheck disable=SC2086
-wants bench && run_step bench "$logs/bench.log" $PY -m atrous_cuda bench --device cuda --report "$logs/bench.md" ${GPU_CHECK_BENCH_ARGS:-}
+wants bench && run_step bench "$logs/bench.log" $PY -m atrous_cuda bench --device cuda --report "$logs/bench.md" --results-dir "$logs" ${GPU_CHECK_BENCH_ARGS:-}
 
 {
   echo "# GPU check, $gpu, $stamp"

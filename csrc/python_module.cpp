@@ -56,6 +56,8 @@ py::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "atrous_cuda native module: build information and shared index math";
   m.def("build_info", &build_info, "How this extension was built and what it runs with.");
+  m.def("cpu_peak_gflops", &atrous::cpu::cpu_peak_gflops, py::arg("iters_per_thread") = 20000000,
+        "Measured fp32 FMA peak (GFLOP/s) of the active CPU instruction set on every intra-op thread.");
   m.def("set_cpu_isa", &atrous::cpu::set_cpu_isa, py::arg("isa"),
         "Run the CPU GEMM with 'avx512', 'avx2' or 'baseline' (the tests cover every path).");
   m.def("conv_out_size", &atrous::conv_out_size, py::arg("size"), py::arg("pad_before"),

@@ -10,8 +10,12 @@
 
 #include <c10/util/Exception.h>
 
+#include <ATen/Parallel.h>
+
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 namespace atrous {
 namespace cpu {
@@ -145,6 +149,32 @@ inline void outer_gemm_impl(const OuterGemmArgs<T>& args) {
   for (; p < args.panels; ++p) outer_panels<T, VB, MR, 1>(args, p * panel_width<T>());
 }
 
+// The machine's FMA peak, measured rather than read from a data sheet: 12
+// independent accumulator chains (more than FMA latency x FMA ports on any
+// current x86 core, so the chains never wait on each other) each take `iters`
+// fused multiply-adds of a full register. Returns the multiply-adds done.
+template <int VB>
+inline int64_t peak_fma_impl(int64_t iters, float* sink) {
+  using V = typename Vec<float, VB>::type;
+  constexpr int kChains = 12;
+  constexpr int lanes = VB / sizeof(float);
+  V acc[kChains];
+  V mul, add;
+  for (int l = 0; l < lanes; ++l) {
+    mul[l] = 0.999999f;
+    add[l] = 1e-7f;
+  }
+  for (int c = 0; c < kChains; ++c)
+    for (int l = 0; l < lanes; ++l) acc[c][l] = static_cast<float>(c + l);
+  for (int64_t i = 0; i < iters; ++i)
+    for (int c = 0; c < kChains; ++c) acc[c] = acc[c] * mul + add;
+  float total = 0.f;
+  for (int c = 0; c < kChains; ++c)
+    for (int l = 0; l < lanes; ++l) total += acc[c][l];
+  *sink = total;  // keeps the loop alive
+  return iters * kChains * lanes;
+}
+
 // Tile shapes, measured (bench/NOTES.md). gather_gemm: AVX2 has 16 ymm
 // registers and a 64-byte panel is two of them, so 6 rows take 12
 // accumulators; AVX-512 holds a panel in one zmm register and 6 rows measured
@@ -165,6 +195,9 @@ inline void outer_gemm_impl(const OuterGemmArgs<T>& args) {
   }                                                                                               \
   attributes void run_##isa(const OuterGemmArgs<double>& a) {                                      \
     outer_gemm_impl<double, VB, OUTER_MR, OUTER_NP>(a);                                           \
+  }                                                                                               \
+  attributes int64_t peak_fma_##isa(int64_t iters, float* sink) {                                 \
+    return peak_fma_impl<VB>(iters, sink);                                                        \
   }
 
 ATROUS_ISA_ENTRY_POINTS(baseline, __attribute__((flatten)), 16, 3, 3, 1)
@@ -221,6 +254,19 @@ Isa& active_isa() {
   return isa;
 }
 
+int64_t peak_fma(int64_t iters, float* sink) {
+  switch (active_isa()) {
+#if defined(__x86_64__)
+    case Isa::kAvx512:
+      return peak_fma_avx512(iters, sink);
+    case Isa::kAvx2:
+      return peak_fma_avx2(iters, sink);
+#endif
+    default:
+      return peak_fma_baseline(iters, sink);
+  }
+}
+
 template <typename Args>
 void run(const Args& args) {
   switch (active_isa()) {
@@ -251,6 +297,25 @@ void outer_gemm(const OuterGemmArgs<double>& args) {
 }
 
 std::string cpu_isa() { return isa_name(active_isa()); }
+
+double cpu_peak_gflops(int64_t iters_per_thread) {
+  TORCH_CHECK(iters_per_thread > 0, "cpu_peak_gflops: expected iters_per_thread > 0, got ",
+              iters_per_thread);
+  const int threads = at::get_num_threads();
+  std::vector<int64_t> macs(threads, 0);
+  std::vector<float> sinks(threads, 0.f);
+  const auto start = std::chrono::steady_clock::now();
+  // One chunk per thread: the grain of 1 over `threads` items gives each
+  // thread exactly one probe.
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) macs[t] = peak_fma(iters_per_thread, &sinks[t]);
+  });
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  int64_t total = 0;
+  for (int64_t m : macs) total += m;
+  return 2.0 * static_cast<double>(total) / seconds / 1e9;
+}
 
 std::string cpu_isas_available() {
   std::string out;

@@ -69,5 +69,11 @@ std::string cpu_isa();
 std::string cpu_isas_available();
 void set_cpu_isa(const std::string& isa);
 
+// The measured fp32 FMA peak of this machine, in GFLOP/s, with the active
+// instruction set on every intra-op thread (each thread runs
+// `iters_per_thread` rounds of 12 independent register FMAs). The bench
+// reports the kernels' share of it.
+double cpu_peak_gflops(int64_t iters_per_thread);
+
 }  // namespace cpu
 }  // namespace atrous
