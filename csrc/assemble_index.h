@@ -1,7 +1,7 @@
 // Index math and per-element computations of the instance-assembling ops
 // (atrous::instance_assemble, atrous::fcis_assemble and their backwards),
 // shared by the CPU kernels (csrc/cpu/assemble_kernel.cpp) and the CUDA
-// kernels (csrc/cuda/assemble_kernel.cu). Everything is `__host__ __device__`
+// kernels (csrc/cuda/assemble_kernels.cuh). Everything is `__host__ __device__`
 // under nvcc, so the CPU tests run the very code the GPU runs; only the
 // thread-to-element mapping differs between the devices.
 //
