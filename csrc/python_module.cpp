@@ -12,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "assemble_index.h"
 #include "atrous_index.h"
 #include "cpu/gather_gemm.h"
 
@@ -115,4 +116,40 @@ PYBIND11_MODULE(_C, m) {
   m.def("output_index_for_input", &atrous::output_index_for_input, py::arg("index"),
         py::arg("out"), py::arg("tap"), py::arg("stride"), py::arg("pad_before"),
         py::arg("dilation"));
+
+  // Index math of the instance-assembling ops (assemble_index.h).
+  namespace as = atrous::assemble;
+  m.def("assemble_window_grid_size", &as::window_grid_size, py::arg("size"), py::arg("stride"));
+  m.def("assemble_cell_of", &as::cell_of, py::arg("u"), py::arg("k"), py::arg("m"));
+  m.def(
+      "assemble_cell_span",
+      [](int64_t i, int64_t k, int64_t m) {
+        const as::Span s = as::cell_span(i, k, m);
+        return std::make_tuple(s.begin, s.end);
+      },
+      py::arg("i"), py::arg("k"), py::arg("m"));
+  m.def("assemble_source_pixel", &as::source_pixel, py::arg("centre"), py::arg("u"), py::arg("m"));
+  m.def("assemble_window_reading", &as::window_reading, py::arg("h"), py::arg("u"), py::arg("m"),
+        py::arg("stride"), py::arg("grid"));
+  m.def("fcis_channel", &as::fcis_channel, py::arg("cls"), py::arg("t"), py::arg("i"),
+        py::arg("j"), py::arg("k"));
+  m.def("fcis_roi_sample", &as::roi_sample<double>, py::arg("lo"), py::arg("hi"),
+        py::arg("scale"), py::arg("p"), py::arg("size"));
+  m.def(
+      "fcis_axis_sample",
+      [](double pos, int64_t size) {
+        const auto s = as::axis_sample<double>(pos, size);
+        return std::make_tuple(s.low, s.frac);
+      },
+      py::arg("pos"), py::arg("size"));
+  m.def(
+      "fcis_touched_pixels",
+      [](double lo, double hi, double scale, int64_t begin, int64_t end, int64_t out_size,
+         int64_t size) {
+        const as::Span s = as::touched_pixels<double>(lo, hi, scale, as::Span{begin, end},
+                                                      out_size, size);
+        return std::make_tuple(s.begin, s.end);
+      },
+      py::arg("lo"), py::arg("hi"), py::arg("scale"), py::arg("begin"), py::arg("end"),
+      py::arg("out_size"), py::arg("size"));
 }

@@ -34,7 +34,8 @@ def emulated():
     build_dir.mkdir(parents=True, exist_ok=True)
     return load(
         name="atrous_cuda_emulated",
-        sources=[str(ROOT / "tests" / "emulation" / "emulated_kernels.cpp"), str(ROOT / "csrc" / "atrous_conv.cpp")],
+        sources=[str(ROOT / "tests" / "emulation" / "emulated_kernels.cpp"), str(ROOT / "csrc" / "atrous_conv.cpp"),
+                 str(ROOT / "csrc" / "assemble.cpp")],
         extra_include_paths=[str(ROOT / "csrc")],
         extra_cflags=["-O2", "-std=c++20", "-fno-strict-aliasing", "-DATROUS_CUDA_EMULATION"],
         build_directory=str(build_dir),
@@ -156,3 +157,63 @@ def test_emulated_tf32_kernels_match_the_cpu_kernels_to_tf32_precision(emulated,
     for what, a, r in zip(("grad_input", "grad_weight"), ours, exact):
         err = (a - r).abs().max().item() / r.abs().max().item()
         assert err <= 4 * 2.0**-11 * depth[what] ** 0.5, (what, err)
+
+
+# ------------------------------------------------------ instance assembling --
+#
+# The assembling kernels' per-element math is csrc/assemble_index.h, which the
+# CPU kernels share; what runs here is the CUDA side proper: the thread ->
+# element decomposition of every kernel, the grid-stride loops, the 32- and
+# 64-bit index variants, the selected-window index and the host checks.
+
+
+@pytest.fixture(params=[False, True], ids=["int32_index", "int64_index"])
+def assemble_emulated(emulated, request):
+    emulated.set_assemble_force_int64_indexing(request.param)
+    yield emulated
+    emulated.set_assemble_force_int64_indexing(False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["float64", "float32", "bfloat16"])
+def test_emulated_instance_assemble_kernels_match_the_cpu_kernels(assemble_emulated, dtype):
+    gen = torch.Generator().manual_seed(0)
+    k, m = 3, 7
+    scores = torch.randn(2, k * k, 9, 8, generator=gen, dtype=torch.float64).to(dtype)
+    centers = torch.tensor([[1, 4, 2], [0, 0, 0], [1, 4, 2], [0, 3, 1]])  # grid 5 x 3 at stride (2, 3)
+    for stride, c in (([1, 1], None), ([2, 3], None), ([2, 3], centers)):
+        out = assemble_emulated.instance_assemble(scores, k, m, stride, c)
+        assert torch.equal(out, torch.ops.atrous.instance_assemble(scores, k, m, stride, c))
+        gy = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(dtype)
+        ours = assemble_emulated.instance_assemble_backward(gy, 2, 9, 8, k, m, stride, c)
+        # Same terms summed in the same order (assemble_index.h): bitwise equal.
+        assert torch.equal(ours, torch.ops.atrous.instance_assemble_backward(gy, 2, 9, 8, k, m, stride, c))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["float64", "float32", "bfloat16"])
+def test_emulated_fcis_assemble_kernels_match_the_cpu_kernels(assemble_emulated, dtype):
+    gen = torch.Generator().manual_seed(0)
+    k, size, classes, h, w = 3, 7, 2, 6, 7
+    maps = torch.randn(2, 2 * k * k * classes, h, w, generator=gen, dtype=torch.float64).to(dtype)
+    rois = torch.tensor([[0.0, -3, 1, 20, 15], [1, 2, 2, 9, 30], [1, 0, 0, 27, 23], [0, 5, 5, 5.5, 6]])
+    inside, outside = assemble_emulated.fcis_assemble(maps, rois, k, size, 0.25)
+    ref_in, ref_out = torch.ops.atrous.fcis_assemble(maps, rois, k, size, 0.25)
+    assert torch.equal(inside, ref_in) and torch.equal(outside, ref_out)  # the same per-element code
+    g_in = torch.randn(inside.shape, generator=gen, dtype=torch.float64).to(dtype)
+    g_out = torch.randn(inside.shape, generator=gen, dtype=torch.float64).to(dtype)
+    ours = assemble_emulated.fcis_assemble_backward(g_in, g_out, rois, k, size, 0.25, 2, h, w)
+    ref = torch.ops.atrous.fcis_assemble_backward(g_in, g_out, rois, k, size, 0.25, 2, h, w)
+    # The CUDA gather and the CPU plane scatter add the same terms in different
+    # orders: a few roundings of the accumulation type apart (relative to the
+    # largest gradient), then one rounding to the dtype.
+    tol = {torch.float64: 1e-13, torch.float32: 1e-5, torch.bfloat16: 2.0**-7}[dtype]
+    assert (ours.double() - ref.double()).abs().max() <= tol * ref.double().abs().max()
+
+
+def test_emulated_assemble_kernels_handle_empty_inputs(emulated):
+    scores = torch.randn(2, 4, 5, 5)
+    assert emulated.instance_assemble(scores, 2, 3, [1, 1], torch.zeros(0, 3, dtype=torch.int64)).shape == (0, 3, 3)
+    grad = emulated.instance_assemble_backward(torch.zeros(0, 3, 3), 2, 5, 5, 2, 3, [1, 1],
+                                               torch.zeros(0, 3, dtype=torch.int64))
+    assert torch.equal(grad, torch.zeros(2, 4, 5, 5))
+    inside, _ = emulated.fcis_assemble(torch.randn(1, 8, 4, 4), torch.zeros(0, 5), 2, 3, 1.0)
+    assert inside.shape == (0, 1, 3, 3)
