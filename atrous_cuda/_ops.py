@@ -6,7 +6,9 @@ itself differentiable through the same two ops, which gives double backward.
 """
 import torch
 
-from . import _C  # noqa: F401  (loads the op registrations)
+from ._extension import load_extension
+
+_C = load_extension()  # registers the ops; a failure is explained
 
 conv_forward = torch.ops.atrous.conv_forward.default
 conv_backward = torch.ops.atrous.conv_backward.default
