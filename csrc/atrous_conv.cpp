@@ -132,6 +132,12 @@ ConvParams make_conv_params(const char* op, const at::Tensor& input, const at::T
               p.dilation_h * (p.kernel_height - 1) + 1, ", ",
               p.dilation_w * (p.kernel_width - 1) + 1,
               "); expected a kernel no larger than the padded input");
+  int64_t output_bytes = input.element_size();
+  bool too_large = false;
+  for (const int64_t extent : output_shape(p))
+    too_large = too_large || c10::mul_overflows(output_bytes, extent, &output_bytes);
+  TORCH_CHECK(!too_large, op, ": the output of size ", c10::IntArrayRef(output_shape(p)),
+              " would take more than 2^63 bytes; expected a smaller input or padding");
   return p;
 }
 
