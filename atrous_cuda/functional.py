@@ -127,6 +127,12 @@ def _check_tensors(fn, input, weight, bias, ndim):
             f"{fn}: expected {ndim + 2}-D weight (out_channels, in_channels/groups, "
             f"{'kW' if ndim == 1 else 'kH, kW'}), got weight of size {tuple(weight.shape)}"
         )
+    for name, t in (("weight", weight), ("bias", bias)):
+        # Checked here too, not only in C++: with a meta tensor among CPU ones
+        # the dispatcher would pick the shape-only meta kernel, and torch's own
+        # conv returns uninitialized memory for that mix.
+        if t is not None and t.device != input.device:
+            raise RuntimeError(f"{fn}: expected {name} on the input's device {input.device}, got {t.device}")
     for name, t in (("input", input), ("weight", weight), ("bias", bias)):
         if t is not None and t.layout != torch.strided:
             raise TypeError(f"{fn}: expected a dense (torch.strided) {name}, got layout {t.layout}")
