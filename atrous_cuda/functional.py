@@ -108,7 +108,12 @@ def resolve_padding(fn, padding, ndim, spatial, kernel, stride, dilation):
         per_axis = [(p, p) for p in sym]
     if ndim == 1:
         per_axis = [(0, 0)] + per_axis
-    return [per_axis[0][0], per_axis[0][1], per_axis[1][0], per_axis[1][1]]
+    pads = [per_axis[0][0], per_axis[0][1], per_axis[1][0], per_axis[1][1]]
+    if isinstance(padding, str) and any(p > _INT64_MAX for p in pads):
+        # 'same'/'causal' grow with dilation * (kernel - 1).
+        raise ValueError(f"{fn}: padding='{padding}' with dilation {tuple(dilation)} and kernel {tuple(kernel)} "
+                         f"needs per-side padding {pads}, past int64; expected a smaller dilation")
+    return pads
 
 
 def _check_tensors(fn, input, weight, bias, ndim):
