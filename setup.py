@@ -111,7 +111,38 @@ if with_cuda:
 else:
     print("setup.py: no CUDA toolkit found (or ATROUS_CPU_ONLY=1): building the CPU kernels only")
 
+import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _nvcc_release(root):
+    """'12.8' from `nvcc --version`, or None."""
+    import subprocess
+
+    try:
+        out = subprocess.run([str(Path(root) / "bin" / "nvcc"), "--version"], capture_output=True, text=True,
+                             check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    match = re.search(r"release (\d+\.\d+)", out)
+    return match.group(1) if match else None
+
+
+def write_build_config(path, cuda_archs, cuda_toolkit):
+    """atrous_cuda/_build_config.py: what the extension was built against, readable
+    even when atrous_cuda._C itself fails to load (atrous_cuda/_extension.py uses it
+    to explain a load failure; `python -m atrous_cuda info` prints it)."""
+    values = {
+        "torch_version": torch.__version__,
+        "torch_cuda_version": torch.version.cuda,
+        "with_cuda": with_cuda,
+        "cuda_toolkit_version": cuda_toolkit,
+        "cuda_archs": cuda_archs,
+        "python_version": ".".join(map(str, sys.version_info[:3])),
+    }
+    lines = ['"""Written by setup.py when the extension is built; not tracked by git."""']
+    lines += [f"{key} = {value!r}" for key, value in values.items()]
+    Path(path).write_text("\n".join(lines) + "\n")
 
 cpp_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*.cpp"))
 cuda_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").rglob("*.cu"))
@@ -120,7 +151,8 @@ warnings = ["-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-psabi"]
 cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=fast", *warnings]
 if _truthy("ATROUS_WERROR"):
     cxx_flags.append("-Werror")
-define_macros = []
+# The torch version this build is for, also compiled in (build_info() reports it).
+define_macros = [("ATROUS_TORCH_VERSION", f'"{torch.__version__}"')]
 extra_link_args = ["-fopenmp"]
 
 if with_cuda:
@@ -147,6 +179,10 @@ else:
         extra_compile_args={"cxx": cxx_flags},
         extra_link_args=extra_link_args,
     )
+
+write_build_config(ROOT / "atrous_cuda" / "_build_config.py",
+                   os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else "",
+                   _nvcc_release(cuda_home) if with_cuda else None)
 
 setup(
     packages=find_packages(include=["atrous_cuda", "atrous_cuda.*"]),

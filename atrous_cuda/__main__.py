@@ -8,15 +8,20 @@ def main(argv=None):
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: python -m atrous_cuda {bench,info} [options]\n"
               "  bench  correctness check + throughput table, ours vs torch, on every device present\n"
-              "  info   how the extension was built")
+              "  info   versions, how the extension was built, CPU ISA and GPU in use (--json for machines)")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "bench":
         from .bench import main as bench_main
         return bench_main(rest)
     if command == "info":
-        from . import build_info
-        print(json.dumps(build_info(), indent=2))
+        from . import _info
+        if rest not in ([], ["--json"]):
+            print(f"python -m atrous_cuda info: unexpected arguments {rest}; expected nothing or --json",
+                  file=sys.stderr)
+            return 2
+        info = _info.collect()
+        print(json.dumps(info, indent=2) if rest else _info.format_text(info))
         return 0
     print(f"python -m atrous_cuda: unknown command '{command}'; expected 'bench' or 'info'", file=sys.stderr)
     return 2

@@ -6,7 +6,9 @@ itself differentiable through the same two ops, which gives double backward.
 """
 import torch
 
-from . import _C  # noqa: F401  (loads the op registrations)
+from ._extension import load_extension
+
+_C = load_extension()  # registers the ops; a failure is explained
 
 conv_forward = torch.ops.atrous.conv_forward.default
 conv_backward = torch.ops.atrous.conv_backward.default
@@ -33,8 +35,15 @@ def _out_size(size, pad_before, pad_after, kernel, stride, dilation):
     return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def _check_devices(op, input, **others):
+    for name, t in others.items():
+        torch._check(t is None or t.device == input.device,
+                     lambda: f"{op}: expected {name} on the input's device {input.device}, got {t.device}")
+
+
 @torch.library.register_fake("atrous::conv_forward")
 def _conv_forward_fake(input, weight, bias, stride, padding, dilation, groups):
+    _check_devices("atrous_conv", input, weight=weight, bias=bias)
     torch._check(input.dim() == 4, lambda: f"atrous_conv: expected 4-D input, got {input.dim()}-D")
     torch._check(weight.dim() == 4, lambda: f"atrous_conv: expected 4-D weight, got {weight.dim()}-D")
     torch._check(
@@ -52,6 +61,7 @@ def _conv_forward_fake(input, weight, bias, stride, padding, dilation, groups):
 
 @torch.library.register_fake("atrous::conv_backward")
 def _conv_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+    _check_devices("atrous_conv_backward", input, weight=weight, grad_output=grad_output)
     fmt = output_memory_format(input, weight)
     grad_input = _empty_like_in(input, input.shape, fmt) if output_mask[0] else input.new_empty((0,))
     grad_weight = _empty_like_in(weight, weight.shape, fmt) if output_mask[1] else weight.new_empty((0,))

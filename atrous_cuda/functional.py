@@ -42,7 +42,19 @@ def _int_tuple(fn, name, value, ndim, minimum):
         raise TypeError(f"{fn}: expected {name} to be an int or a tuple of {ndim} ints, got {type(value).__name__}")
     if any(v < minimum for v in values):
         raise ValueError(f"{fn}: expected every {name} >= {minimum}, got {values}")
+    if minimum != float("-inf"):  # resolve_padding checks the form first, then the range
+        _check_int64(fn, name, values)
     return values
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _check_int64(fn, name, values):
+    """The op takes int64 arguments; a larger Python int would fail inside the
+    dispatcher with a message that names no argument."""
+    if any(abs(v) > _INT64_MAX for v in values):
+        raise ValueError(f"{fn}: expected {name} values that fit in int64, got {tuple(values)}")
 
 
 def same_padding(size, kernel, stride, dilation):
@@ -79,6 +91,7 @@ def resolve_padding(fn, padding, ndim, spatial, kernel, stride, dilation):
         if any(v < 0 for v in padding):
             raise ValueError(f"{fn}: expected every padding >= 0, got {tuple(padding)}")
         # F.pad order lists the last axis first: (left, right[, top, bottom]).
+        _check_int64(fn, "padding", padding)
         pairs = [(int(padding[2 * i]), int(padding[2 * i + 1])) for i in range(ndim)]
         per_axis = pairs[::-1]
     else:
@@ -91,10 +104,16 @@ def resolve_padding(fn, padding, ndim, spatial, kernel, stride, dilation):
             ) from None
         if any(p < 0 for p in sym):
             raise ValueError(f"{fn}: expected every padding >= 0, got {sym}")
+        _check_int64(fn, "padding", sym)
         per_axis = [(p, p) for p in sym]
     if ndim == 1:
         per_axis = [(0, 0)] + per_axis
-    return [per_axis[0][0], per_axis[0][1], per_axis[1][0], per_axis[1][1]]
+    pads = [per_axis[0][0], per_axis[0][1], per_axis[1][0], per_axis[1][1]]
+    if isinstance(padding, str) and any(p > _INT64_MAX for p in pads):
+        # 'same'/'causal' grow with dilation * (kernel - 1).
+        raise ValueError(f"{fn}: padding='{padding}' with dilation {tuple(dilation)} and kernel {tuple(kernel)} "
+                         f"needs per-side padding {pads}, past int64; expected a smaller dilation")
+    return pads
 
 
 def _check_tensors(fn, input, weight, bias, ndim):
@@ -113,7 +132,15 @@ def _check_tensors(fn, input, weight, bias, ndim):
             f"{fn}: expected {ndim + 2}-D weight (out_channels, in_channels/groups, "
             f"{'kW' if ndim == 1 else 'kH, kW'}), got weight of size {tuple(weight.shape)}"
         )
+    for name, t in (("weight", weight), ("bias", bias)):
+        # Checked here too, not only in C++: with a meta tensor among CPU ones
+        # the dispatcher would pick the shape-only meta kernel, and torch's own
+        # conv returns uninitialized memory for that mix.
+        if t is not None and t.device != input.device:
+            raise RuntimeError(f"{fn}: expected {name} on the input's device {input.device}, got {t.device}")
     for name, t in (("input", input), ("weight", weight), ("bias", bias)):
+        if t is not None and t.layout != torch.strided:
+            raise TypeError(f"{fn}: expected a dense (torch.strided) {name}, got layout {t.layout}")
         if t is not None and not t.is_floating_point():
             raise TypeError(
                 f"{fn}: expected {name} of dtype float32, float64, float16 or bfloat16, got {t.dtype}"
@@ -126,6 +153,7 @@ def _atrous_conv(fn, ndim, input, weight, bias, stride, padding, dilation, group
         raise TypeError(f"{fn}: expected groups to be an int, got {groups!r}")
     if groups <= 0:
         raise ValueError(f"{fn}: expected groups > 0, got {groups}")
+    _check_int64(fn, "groups", (groups,))
     stride = _int_tuple(fn, "stride", stride, ndim, 1)
     dilation = _int_tuple(fn, "dilation", dilation, ndim, 1)
     batched = input.dim() == ndim + 2

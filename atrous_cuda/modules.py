@@ -4,19 +4,84 @@ They keep nn.Conv's constructor, state_dict keys and every padding_mode, and
 read stride, padding and dilation at forward time, because libraries change
 them after construction (DeepLab's output-stride surgery, for one).
 """
+from typing import List, Optional
+
+import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .functional import _PADDING_STRINGS, _atrous_conv, _int_tuple, resolve_padding
 
 __all__ = ["AtrousConv1d", "AtrousConv2d"]
 
 
+def _scripted_same_padding(size: int, kernel: int, stride: int, dilation: int) -> List[int]:
+    # functional.same_padding (TensorFlow's rule), in TorchScript's typed subset.
+    out = (size + stride - 1) // stride
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    return [total // 2, total - total // 2]
+
+
+def _scripted_conv(input: Tensor, weight: Tensor, bias: Optional[Tensor], ndim: int, stride: List[int],
+                   padding_str: str, padding: List[int], dilation: List[int], groups: int,
+                   padding_mode: str) -> Tensor:
+    """The modules' forward under torch.jit.script: the same padding rules as
+    functional.resolve_padding, calling the same op. The op's C++ checks
+    catch bad shapes; the padding forms were checked at construction."""
+    batched = input.dim() == ndim + 2
+    x = input if batched else input.unsqueeze(0)
+    pads: List[int] = []  # per side in F.pad order: last axis first
+    for i in range(ndim - 1, -1, -1):
+        size, kernel = x.shape[2 + i], weight.shape[2 + i]
+        if padding_str == "valid":
+            pads += [0, 0]
+        elif padding_str == "same":
+            pads += _scripted_same_padding(size, kernel, stride[i], dilation[i])
+        elif padding_str == "causal":
+            pads += [dilation[i] * (kernel - 1), 0]
+        elif len(padding) == ndim:
+            pads += [padding[i], padding[i]]
+        else:  # explicit asymmetric padding, already in F.pad order
+            j = 2 * (ndim - 1 - i)
+            pads += [padding[j], padding[j + 1]]
+    if padding_mode != "zeros":
+        x = F.pad(x, pads, mode=padding_mode)
+        pads = [0] * (2 * ndim)
+    if ndim == 1:
+        out = torch.ops.atrous.conv_forward(x.unsqueeze(2), weight.unsqueeze(2), bias, [1, stride[0]],
+                                            [0, 0, pads[0], pads[1]], [1, dilation[0]], groups).squeeze(2)
+    else:
+        out = torch.ops.atrous.conv_forward(x, weight, bias, stride, [pads[2], pads[3], pads[0], pads[1]],
+                                            dilation, groups)
+    return out if batched else out.squeeze(0)
+
+
 class _AtrousConvMixin:
     _ndim = 2
     _fn = "AtrousConv2d"
 
-    def _conv_forward(self, input, weight, bias):
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        if torch.jit.is_scripting():
+            # TorchScript compiles only this branch (is_scripting() is a
+            # compile-time constant there); stride, padding and dilation are
+            # module constants, so isinstance picks one branch statically.
+            stride: List[int] = []
+            dilation: List[int] = []
+            padding: List[int] = []
+            for s in self.stride:
+                stride.append(s)
+            for d in self.dilation:
+                dilation.append(d)
+            if isinstance(self.padding, str):
+                return _scripted_conv(input, weight, bias, len(stride), stride, self.padding, padding, dilation,
+                                      self.groups, self.padding_mode)
+            for p in self.padding:
+                padding.append(p)
+            return _scripted_conv(input, weight, bias, len(stride), stride, "", padding, dilation, self.groups,
+                                  self.padding_mode)
+        return self._eager_conv_forward(input, weight, bias)
+
+    def _eager_conv_forward(self, input, weight, bias):
         if self.padding_mode != "zeros":
             batched = input.dim() == self._ndim + 2
             x = input if batched else input.unsqueeze(0)

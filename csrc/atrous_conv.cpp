@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>
+#include <c10/util/safe_numerics.h>
 
 #include <cstdlib>
 #include <limits>
@@ -102,6 +103,25 @@ ConvParams make_conv_params(const char* op, const at::Tensor& input, const at::T
                 input.device(), ", got ", bias->device());
   }
 
+  // Sizes past int64 would wrap in conv_out_size and in the kernels' index
+  // math (torch itself wraps silently for a huge dilation), so refuse them:
+  // both the padded input and the dilated kernel extent must fit in int64.
+  const auto fits = [](int64_t size, int64_t before, int64_t after) {
+    int64_t sum = 0;
+    return !c10::add_overflows(size, before, &sum) && !c10::add_overflows(sum, after, &sum);
+  };
+  TORCH_CHECK(fits(p.in_height, p.pad_top, p.pad_bottom) && fits(p.in_width, p.pad_left, p.pad_right), op,
+              ": expected padding whose padded input size fits in int64, got padding ",
+              list_str(padding), " for input of size ", input.sizes());
+  const auto extent_fits = [](int64_t kernel, int64_t dilation) {
+    int64_t extent = 0;
+    return !c10::mul_overflows(kernel - 1, dilation, &extent) &&
+           extent < std::numeric_limits<int64_t>::max();
+  };
+  TORCH_CHECK(extent_fits(p.kernel_height, p.dilation_h) && extent_fits(p.kernel_width, p.dilation_w), op,
+              ": expected dilation whose dilated kernel extent dilation * (kernel - 1) + 1 fits in int64, "
+              "got dilation ", list_str(dilation), " with weight of size ", weight.sizes());
+
   p.out_height = conv_out_size(p.in_height, p.pad_top, p.pad_bottom, p.kernel_height, p.stride_h,
                                p.dilation_h);
   p.out_width = conv_out_size(p.in_width, p.pad_left, p.pad_right, p.kernel_width, p.stride_w,
@@ -112,6 +132,12 @@ ConvParams make_conv_params(const char* op, const at::Tensor& input, const at::T
               p.dilation_h * (p.kernel_height - 1) + 1, ", ",
               p.dilation_w * (p.kernel_width - 1) + 1,
               "); expected a kernel no larger than the padded input");
+  int64_t output_bytes = input.element_size();
+  bool too_large = false;
+  for (const int64_t extent : output_shape(p))
+    too_large = too_large || c10::mul_overflows(output_bytes, extent, &output_bytes);
+  TORCH_CHECK(!too_large, op, ": the output of size ", c10::IntArrayRef(output_shape(p)),
+              " would take more than 2^63 bytes; expected a smaller input or padding");
   return p;
 }
 

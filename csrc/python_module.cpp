@@ -19,6 +19,10 @@
 #ifndef ATROUS_CUDA_ARCHS
 #define ATROUS_CUDA_ARCHS ""
 #endif
+// The torch version the build was for (setup.py and CMakeLists.txt pass it).
+#ifndef ATROUS_TORCH_VERSION
+#define ATROUS_TORCH_VERSION "unknown"
+#endif
 
 namespace py = pybind11;
 
@@ -45,6 +49,7 @@ py::dict build_info() {
   info["with_cuda"] = false;
 #endif
   info["cuda_archs"] = std::string(ATROUS_CUDA_ARCHS);
+  info["torch_version"] = std::string(ATROUS_TORCH_VERSION);
   info["cpu_isa"] = atrous::cpu::cpu_isa();
   info["cpu_isas_available"] = atrous::cpu::cpu_isas_available();
   info["cpu_threads"] = at::get_num_threads();

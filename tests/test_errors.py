@@ -234,3 +234,36 @@ def test_input_without_channels_raises():
     # weight says; a clear error is more useful than copying that.
     with pytest.raises(RuntimeError, match=r"expected input with at least one channel, got input of size \[2, 0, 5, 5\]"):
         atrous_conv2d(torch.randn(2, 0, 5, 5), torch.randn(4, 0, 3, 3), padding=1)
+
+
+# ------------------------------------------------- sizes, devices, layouts --
+
+@pytest.mark.parametrize(
+    "call, exc, regex",
+    [
+        (lambda: atrous_conv2d(X, W, padding=2**64), ValueError, r"^atrous_conv2d: expected padding values that fit in int64"),
+        (lambda: atrous_conv2d(X, W, stride=(1, 2**63)), ValueError, r"^atrous_conv2d: expected stride values that fit in int64"),
+        (lambda: atrous_conv2d(X, W, padding=2**62), RuntimeError,
+         r"^atrous_conv: expected padding whose padded input size fits in int64, got padding \[4611686018427387904, "),
+        (lambda: atrous_conv2d(X, W, dilation=2**62), RuntimeError,
+         r"^atrous_conv: expected dilation whose dilated kernel extent dilation \* \(kernel - 1\) \+ 1 fits in int64"),
+        (lambda: atrous_conv2d(X, W, padding=2**40), RuntimeError,
+         r"^atrous_conv: the output of size \[1, 6, 2199023255558, 2199023255558\] would take more than 2\^63 bytes"),
+        (lambda: atrous_conv1d(X1, W1, padding="causal", dilation=2**62), ValueError,
+         r"^atrous_conv1d: padding='causal' with dilation \(4611686018427387904,\) and kernel \(3,\) needs per-side "
+         r"padding .* past int64"),
+        (lambda: atrous_conv2d(X, W.to("meta")), RuntimeError, r"^atrous_conv2d: expected weight on the input's device cpu, got meta"),
+        (lambda: atrous_conv2d(X, W, B.to("meta")), RuntimeError, r"^atrous_conv2d: expected bias on the input's device cpu, got meta"),
+        (lambda: _op(w=W.to("meta")), RuntimeError, r"atrous_conv: expected weight on the input's device cpu, got meta"),
+        (lambda: atrous_conv2d(X.to_sparse(), W), TypeError, r"^atrous_conv2d: expected a dense \(torch\.strided\) input, got layout torch\.sparse_coo"),
+    ],
+    ids=["padding_past_int64", "stride_past_int64", "padded_size_past_int64", "dilated_extent_past_int64",
+         "output_bytes_past_int64", "causal_padding_past_int64", "weight_on_meta", "bias_on_meta", "op_weight_on_meta",
+         "sparse_input"],
+)
+def test_sizes_devices_and_layouts_raise_clear_errors(call, exc, regex):
+    """Sizes past int64 would wrap in the index math (torch wraps silently for
+    a huge dilation), a meta tensor among CPU ones would reach the shape-only
+    kernel, and sparse tensors reach no kernel: each gets a clear error."""
+    with pytest.raises(exc, match=regex):
+        call()

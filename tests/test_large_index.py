@@ -7,11 +7,16 @@ tensor is needed. Each float32 copy is 8.6 GB, so the CPU run needs about
 18 GB of free memory and is opt-in (ATROUS_BIG_TESTS=1, because CI machines
 have 24 GB in all); the CUDA run needs a GPU with 20 GB free and runs whenever
 one is present.
+
+The bfloat16 CPU test below needs less (a 4.3 GB input and the kernels'
+8.6 GB float32 copy of it) and runs by default wherever 16 GB are free.
 """
 import os
 
 import pytest
 import torch
+import torch.nn.functional as F
+from conftest import assert_matches
 
 import atrous_cuda
 
@@ -65,3 +70,54 @@ def test_cuda_conv_beyond_2_pow_31_elements():
     if free < 20 * 2**30:
         pytest.skip(f"needs 20 GB of free GPU memory, {free / 2**30:.1f} GB free")
     _check("cuda")
+
+
+# --------------------------------------------- bfloat16, checked against torch --
+
+# Input 1 x 2 x 32769 x 32768 bfloat16 = 2,147,549,184 elements > 2^31: the
+# last 2 rows of channel 1 (and, in the kernels' float32 NHWC copy, the last 2
+# rows of every channel) lie past flat offset 2^31. A (3, 1) kernel dilated
+# by 100 along H, stride (4, 8) to keep the output (8193 x 4096) and the
+# arithmetic small; torch checks bands of output rows on small slices.
+BF16_SHAPE = (1, 2, 32769, 32768)
+BF16_DILATION, BF16_STRIDE = 100, (4, 8)
+
+
+def _available_memory_bytes():
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def _torch_rows(x, w, b, first, last):
+    """torch's output rows first..last-1 from the input rows they read, zero-filled
+    outside the image (the conv's padding), in float32 from the bfloat16 values."""
+    d, (sh, sw) = BF16_DILATION, BF16_STRIDE
+    lo, hi = first * sh - d, (last - 1) * sh + d + 1  # input rows read, padding included
+    piece = x[:, :, max(lo, 0):min(hi, x.shape[2])].float()
+    piece = F.pad(piece, (0, 0, max(-lo, 0), max(hi - x.shape[2], 0)))
+    return F.conv2d(piece, w.float(), b.float(), stride=(sh, sw), dilation=(d, 1))
+
+
+@pytest.mark.skipif(_available_memory_bytes() < 16 * 2**30,
+                    reason="needs 16 GB of available memory (4.3 GB input, 8.6 GB float32 copy, 0.1 GB output)")
+def test_cpu_bfloat16_conv_beyond_2_pow_31_elements():
+    """6-15 s (the machine is shared) and 13.3 GB peak RSS on the 2-core build machine."""
+    x = torch.empty(BF16_SHAPE, dtype=torch.bfloat16)
+    assert x.numel() > 2**31
+    x.fill_(0.5)
+    g = torch.Generator().manual_seed(0)
+    band = 3 * BF16_DILATION  # random values wherever a checked output reads
+    x[:, :, :band] = torch.randn((1, 2, band, BF16_SHAPE[3]), generator=g).bfloat16()
+    x[:, :, -band:] = torch.randn((1, 2, band, BF16_SHAPE[3]), generator=g).bfloat16()
+    w = torch.randn((2, 2, 3, 1), generator=g).bfloat16()
+    b = torch.randn(2, generator=g).bfloat16()
+    y = atrous_cuda.atrous_conv2d(x, w, b, stride=BF16_STRIDE, padding=(BF16_DILATION, 0), dilation=(BF16_DILATION, 1))
+    assert y.shape == (1, 2, 8193, 4096)
+    # The last output row reads input row 32768 (past offset 2^31) through its middle tap.
+    assert (y.shape[2] - 1) * BF16_STRIDE[0] == BF16_SHAPE[2] - 1
+    for first, last in ((0, 24), (y.shape[2] - 24, y.shape[2])):
+        assert_matches(y[:, :, first:last], _torch_rows(x, w, b, first, last), torch.bfloat16, f"rows {first}:{last}")

@@ -50,9 +50,15 @@ constexpr int64_t kGradWeightChunk = 256;
 // Channels per unit in the depthwise grad_weight and in grad_bias.
 constexpr int64_t kChannelBlock = 256;
 
+// One pass (dtype conversion and permutation together): t.to(acc).contiguous(NHWC)
+// would make two full copies, e.g. 4x a bfloat16 input's bytes at the peak.
 template <typename acc_t>
 Tensor to_nhwc(const Tensor& t) {
-  return t.to(c10::CppTypeToScalarType<acc_t>::value).contiguous(at::MemoryFormat::ChannelsLast);
+  const auto dtype = c10::CppTypeToScalarType<acc_t>::value;
+  if (t.scalar_type() == dtype && t.is_contiguous(at::MemoryFormat::ChannelsLast)) return t;
+  Tensor nhwc = at::empty(t.sizes(), t.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
+  nhwc.copy_(t);
+  return nhwc;
 }
 
 // The same NHWC copy in a buffer with one panel of zeros after the last
