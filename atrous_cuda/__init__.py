@@ -5,8 +5,9 @@
     conv = atrous_cuda.AtrousConv2d(256, 256, 3, padding=6, dilation=6)  # an nn.Conv2d
     model = atrous_cuda.convert_model(model)   # swaps every dilated conv
 """
-from . import _assemble_ops  # noqa: F401  (registers the assembling ops' fake kernels and autograd)
+# _ops loads the compiled module first, through _extension, which explains a load failure.
 from . import _ops  # noqa: F401  (registers fake kernels and autograd)
+from . import _assemble_ops  # noqa: F401  (registers the assembling ops' fake kernels and autograd)
 from ._assemble_ops import fcis_assemble, instance_assemble
 from ._C import build_info
 from .convert import convert_model, revert_model

@@ -8,7 +8,9 @@ is the forward op, which gives double backward for free.
 """
 import torch
 
-from . import _C  # noqa: F401  (loads the op registrations)
+from ._extension import load_extension
+
+load_extension()  # the op registrations; a load failure is explained
 
 __all__ = ["instance_assemble", "fcis_assemble"]
 
