@@ -354,7 +354,7 @@ def plot_receptive_field(rates: Union[Sequence[int], Dict[str, Sequence[int]]], 
     stacks = dict(rates) if isinstance(rates, dict) else {str(list(rates)): rates}
     if not stacks:
         raise ValueError("plot_receptive_field: expected at least one stack of rates, got none")
-    fig, axes = plt.subplots(1, len(stacks), figsize=(3.6 * len(stacks), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(stacks), figsize=(3.6 * len(stacks), 4.3), squeeze=False)
     for ax, (label, stack) in zip(axes[0], stacks.items()):
         report = gridding_report(stack, kernel_size)
         counts = _path_counts(report.rates, kernel_size).numpy()
@@ -372,7 +372,7 @@ def plot_receptive_field(rates: Union[Sequence[int], Dict[str, Sequence[int]]], 
         ax.tick_params(labelsize=7)
     fig.suptitle(title or f"What one output pixel sees through {kernel_size}x{kernel_size} dilated convs "
                           "(colour: number of paths; white: holes)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

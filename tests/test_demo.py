@@ -29,7 +29,10 @@ def test_demo_writes_picture_and_numbers_and_is_reproducible(tmp_path):
     for r in (atrous, plain):
         assert len(r["iou"]) == 3 and all(0.0 <= v <= 1.0 for v in r["iou"])
         assert abs(r["miou"] - sum(r["iou"]) / 3) < 1e-3
-    assert atrous["blocks_receptive_field_px"] > plain["blocks_receptive_field_px"]
+    # Stem 3 + 2*2 + 2*2*2 = 7 px at jump 4; blocks add 2*2*4 per conv at dilation 1 (32 px)
+    # and 2*(2+2+4+4)*4 = 96 px at dilations (2, 4); the widest ASPP branch 2*rate*4.
+    assert plain["conv_receptive_field_px"] == 7 + 32 + 8
+    assert atrous["conv_receptive_field_px"] == 7 + 96 + 72
     again = run_demo(str(tmp_path / "b"), **TINY)
     assert _without_timings(again) == _without_timings(results)
 
@@ -49,7 +52,7 @@ def test_demo_data_is_seeded_and_has_both_shape_sizes():
     images, labels = a
     assert images.shape == (6, 3, 64, 64) and labels.shape == (6, 64, 64)
     assert set(labels.unique().tolist()) == {0, 1, 2}
-    # Large shapes cover more pixels than small ones (radius 13-20 against 3-7).
+    # Large shapes cover more pixels than small ones (radius 16-24 against 3-7).
     assert (labels == 2).sum() > (labels == 1).sum()
 
 
