@@ -25,14 +25,15 @@ def test_demo_writes_picture_and_numbers_and_is_reproducible(tmp_path):
     assert saved == json.loads(json.dumps(results))
     atrous, plain = results["atrous"], results["dilation_1"]
     assert atrous["parameters"] == plain["parameters"]
-    assert {k: list(v) for k, v in plain["dilations"].items()} == {"block_dilations": [1, 1], "rates": [1, 1, 1]}
+    assert json.loads(json.dumps(plain["dilations"])) == {"block_dilations": [[1, 1], [1, 1]], "rates": [1, 1, 1]}
+    assert atrous["block_rates_holes"] == 0 and plain["block_rates_holes"] == 0
     for r in (atrous, plain):
         assert len(r["iou"]) == 3 and all(0.0 <= v <= 1.0 for v in r["iou"])
         assert abs(r["miou"] - sum(r["iou"]) / 3) < 1e-3
-    # Stem 3 + 2*2 + 2*2*2 = 7 px at jump 4; blocks add 2*2*4 per conv at dilation 1 (32 px)
-    # and 2*(2+2+4+4)*4 = 96 px at dilations (2, 4); the widest ASPP branch 2*rate*4.
+    # Stem 3 + 2*2 + 2*2*2 = 7 px at jump 4; each block conv adds 2*dilation*4, so 4*8 = 32 px
+    # at dilation 1 and 2*(1+2+5+9)*4 = 136 px at 1, 2, 5, 9; the widest ASPP branch 2*rate*4.
     assert plain["conv_receptive_field_px"] == 7 + 32 + 8
-    assert atrous["conv_receptive_field_px"] == 7 + 96 + 72
+    assert atrous["conv_receptive_field_px"] == 7 + 136 + 72
     again = run_demo(str(tmp_path / "b"), **TINY)
     assert _without_timings(again) == _without_timings(results)
 
@@ -57,8 +58,8 @@ def test_demo_data_is_seeded_and_has_both_shape_sizes():
 
 
 def test_same_parameters_with_and_without_dilation():
-    atrous = SmallDeepLab(3, 8, block_dilations=(2, 4), rates=(3, 6, 9))
-    plain = SmallDeepLab(3, 8, block_dilations=(1, 1), rates=(1, 1, 1))
+    atrous = SmallDeepLab(3, 8, block_dilations=((1, 2), (5, 9)), rates=(3, 6, 9))
+    plain = SmallDeepLab(3, 8, block_dilations=((1, 1), (1, 1)), rates=(1, 1, 1))
     assert [p.shape for p in atrous.parameters()] == [p.shape for p in plain.parameters()]
     x = torch.randn(2, 3, 32, 32)
     assert atrous(x).shape == plain(x).shape == (2, 3, 32, 32)
