@@ -29,8 +29,7 @@ __all__ = ["GriddingReport", "gridding_report", "plot_receptive_field", "recepti
 
 # ------------------------------------------------------- receptive_field --
 
-# Per axis: (size, jump, start).
-_Field = Tuple[Tuple[float, float, float], ...]
+# A field is a tuple with one (size, jump, start) per spatial axis.
 
 
 def _tuple(v, n):
@@ -327,12 +326,15 @@ def gridding_report(rates: Sequence[int], kernel_size: int = 3) -> GriddingRepor
 
 
 def _path_counts(rates, kernel_size):
-    """counts[o] = number of tap paths through the stack that reach offset o (1-D)."""
-    counts = torch.ones(1, dtype=torch.float64)
+    """counts[o] = number of tap paths through the stack that reach offset o (1-D):
+    the stack's taps convolved together."""
+    import numpy as np
+
+    counts = np.ones(1)
     for r in rates:
-        taps = torch.zeros((kernel_size - 1) * r + 1, dtype=torch.float64)
+        taps = np.zeros((kernel_size - 1) * r + 1)
         taps[::r] = 1
-        counts = torch.from_numpy(__import__("numpy").convolve(counts.numpy(), taps.numpy()))
+        counts = np.convolve(counts, taps)
     return counts
 
 
@@ -357,7 +359,7 @@ def plot_receptive_field(rates: Union[Sequence[int], Dict[str, Sequence[int]]], 
     fig, axes = plt.subplots(1, len(stacks), figsize=(3.6 * len(stacks), 4.3), squeeze=False)
     for ax, (label, stack) in zip(axes[0], stacks.items()):
         report = gridding_report(stack, kernel_size)
-        counts = _path_counts(report.rates, kernel_size).numpy()
+        counts = _path_counts(report.rates, kernel_size)
         grid = np.outer(counts, counts)
         masked = np.ma.masked_equal(grid, 0)
         cmap = plt.get_cmap("viridis").with_extremes(bad="white")

@@ -17,6 +17,7 @@ dilation), which torchvision refuses.
 """
 from typing import Dict, Optional, Sequence
 
+import torch
 from torch import nn
 
 from ..modules import AtrousConv2d
@@ -147,7 +148,7 @@ class DilatedResNet(nn.Module):
         self.stage_dilations.append(tuple(dilations))
         return nn.Sequential(*stage)
 
-    def forward(self, x) -> Dict[str, "torch.Tensor"]:  # noqa: F821
+    def forward(self, x) -> Dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         low_level = self.layer1(x)
         out = self.layer4(self.layer3(self.layer2(low_level)))
