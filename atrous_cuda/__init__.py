@@ -11,16 +11,18 @@ from . import _assemble_ops  # noqa: F401  (registers the assembling ops' fake k
 from ._assemble_ops import fcis_assemble, instance_assemble
 from ._C import build_info
 from .convert import convert_model, revert_model
-from .functional import atrous_conv1d, atrous_conv2d
-from .modules import AtrousConv1d, AtrousConv2d
+from .functional import atrous_conv1d, atrous_conv2d, atrous_conv_transpose2d
+from .modules import AtrousConv1d, AtrousConv2d, AtrousConvTranspose2d
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AtrousConv1d",
     "AtrousConv2d",
+    "AtrousConvTranspose2d",
     "atrous_conv1d",
     "atrous_conv2d",
+    "atrous_conv_transpose2d",
     "build_info",
     "convert_model",
     "fcis_assemble",

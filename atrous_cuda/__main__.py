@@ -1,4 +1,4 @@
-"""python -m atrous_cuda {bench,info}"""
+"""python -m atrous_cuda {bench,info,demo}"""
 import json
 import sys
 
@@ -6,9 +6,10 @@ import sys
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m atrous_cuda {bench,info} [options]\n"
+        print("usage: python -m atrous_cuda {bench,info,demo} [options]\n"
               "  bench  correctness check + throughput table, ours vs torch, on every device present\n"
-              "  info   versions, how the extension was built, CPU ISA and GPU in use (--json for machines)")
+              "  info   versions, how the extension was built, CPU ISA and GPU in use (--json for machines)\n"
+              "  demo   train a small DeepLabV3 with and without dilation on synthetic data (CPU, minutes)")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "bench":
@@ -23,7 +24,10 @@ def main(argv=None):
         info = _info.collect()
         print(json.dumps(info, indent=2) if rest else _info.format_text(info))
         return 0
-    print(f"python -m atrous_cuda: unknown command '{command}'; expected 'bench' or 'info'", file=sys.stderr)
+    if command == "demo":
+        from .demo import main as demo_main
+        return demo_main(rest)
+    print(f"python -m atrous_cuda: unknown command '{command}'; expected 'bench', 'info' or 'demo'", file=sys.stderr)
     return 2
 
 

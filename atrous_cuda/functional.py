@@ -15,7 +15,7 @@ import torch
 
 from . import _ops
 
-__all__ = ["atrous_conv1d", "atrous_conv2d", "resolve_padding", "same_padding"]
+__all__ = ["atrous_conv1d", "atrous_conv2d", "atrous_conv_transpose2d", "resolve_padding", "same_padding"]
 
 _PADDING_STRINGS = {1: ("valid", "same", "causal"), 2: ("valid", "same")}
 
@@ -181,3 +181,75 @@ def atrous_conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, gro
     """Same signature and results as torch.nn.functional.conv1d, plus 'causal'
     padding and the padding forms listed in this module's docstring."""
     return _atrous_conv("atrous_conv1d", 1, input, weight, bias, stride, padding, dilation, groups)
+
+
+def atrous_conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """Same signature and results as torch.nn.functional.conv_transpose2d.
+
+    A transposed conv is the input-gradient of a conv, so it runs as
+    conv_backward with output_mask (True, False, False). Shapes, with
+    (s, p, d, k, op) per axis and the transposed input of size H:
+      * the conv whose grad_input we take maps an image of size
+        H_out = (H-1)*s - 2p + d*(k-1) + op + 1 to H pixels;
+      * its weight (out = Cin_t, in/groups = Cout_t/groups, kh, kw) is
+        ConvTranspose2d's weight layout, unchanged;
+      * output_padding adds op rows at the end. The last conv window starts
+        at (H-1)*s - p and reaches row (H-1)*s - p + d*(k-1) = H_out - 1 - (op - p),
+        so the conv pads the end by p - op when op <= p (its output size
+        floor((H_out + 2p - op - d*(k-1) - 1)/s) + 1 is then exactly H), and
+        when op > p the last op - p rows are reached by no tap: they are
+        zeros appended after a conv with op = p.
+    The conv's input is only a shape here (the kernels read it only for
+    grad_weight), so it is an expanded scalar zero: nothing is allocated.
+    The output is contiguous even for a channels_last input.
+    """
+    fn = "atrous_conv_transpose2d"
+    _check_tensors(fn, input, weight, bias, 2)
+    if not _is_int(groups):
+        raise TypeError(f"{fn}: expected groups to be an int, got {groups!r}")
+    if groups <= 0:
+        raise ValueError(f"{fn}: expected groups > 0, got {groups}")
+    stride = _int_tuple(fn, "stride", stride, 2, 1)
+    dilation = _int_tuple(fn, "dilation", dilation, 2, 1)
+    if isinstance(padding, str):
+        raise ValueError(f"{fn}: expected padding to be an int or a tuple of 2 ints, got '{padding}'")
+    padding = _int_tuple(fn, "padding", padding, 2, 0)
+    output_padding = _int_tuple(fn, "output_padding", output_padding, 2, 0)
+    batched = input.dim() == 4
+    x = input if batched else input.unsqueeze(0)
+    if x.shape[1] != weight.shape[0]:
+        raise ValueError(
+            f"{fn}: weight of size {tuple(weight.shape)} expects input with {weight.shape[0]} channels "
+            f"(weight is (in_channels, out_channels/groups, kH, kW)), got input of size {tuple(input.shape)}"
+        )
+    if weight.shape[0] % groups != 0:
+        raise ValueError(f"{fn}: expected in_channels ({weight.shape[0]}) divisible by groups ({groups})")
+    kernel = tuple(weight.shape[2:])
+    out_size, pads, unreached_rows = [], [], []
+    for axis in range(2):
+        s, p, d, k, op = stride[axis], padding[axis], dilation[axis], kernel[axis], output_padding[axis]
+        if op >= max(s, d):
+            raise ValueError(
+                f"{fn}: expected output_padding smaller than stride or dilation, got output_padding="
+                f"{output_padding}, stride={stride}, dilation={dilation}"
+            )
+        size = (x.shape[2 + axis] - 1) * s - 2 * p + d * (k - 1) + op + 1
+        if size <= 0:
+            raise ValueError(
+                f"{fn}: input of size {tuple(input.shape)} with stride={stride}, padding={padding}, "
+                f"dilation={dilation} and kernel {kernel} gives a non-positive output size {size}"
+            )
+        unreached = max(op - p, 0)
+        out_size.append(size - unreached)
+        unreached_rows.append(unreached)
+        pads += [p, p - (op - unreached)]
+    out_channels = weight.shape[1] * groups
+    shape_only = x.new_zeros(()).expand(x.shape[0], out_channels, *out_size)
+    out = _ops.conv_backward(
+        x, shape_only, weight, list(stride), pads, list(dilation), int(groups), [True, False, False]
+    )[0]
+    if any(unreached_rows):
+        out = torch.nn.functional.pad(out, (0, unreached_rows[1], 0, unreached_rows[0]))
+    if bias is not None:
+        out = out + bias.reshape(1, -1, 1, 1)
+    return out if batched else out.squeeze(0)

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .functional import _PADDING_STRINGS, _atrous_conv, _int_tuple, resolve_padding
+from .functional import _PADDING_STRINGS, _atrous_conv, _int_tuple, atrous_conv_transpose2d, resolve_padding
 
-__all__ = ["AtrousConv1d", "AtrousConv2d"]
+__all__ = ["AtrousConv1d", "AtrousConv2d", "AtrousConvTranspose2d"]
 
 
 def _scripted_same_padding(size: int, kernel: int, stride: int, dilation: int) -> List[int]:
@@ -150,3 +150,25 @@ class AtrousConv1d(_AtrousConvMixin, nn.Conv1d):
 
     def __init__(self, *args, **kwargs):
         _construct(self, nn.Conv1d, args, kwargs, ("same", "valid"))
+
+
+class AtrousConvTranspose2d(nn.ConvTranspose2d):
+    """Drop-in nn.ConvTranspose2d (same constructor, state_dict keys and
+    `forward(input, output_size=None)`) whose forward runs the atrous
+    grad_input kernel (see atrous_conv_transpose2d)."""
+
+    def forward(self, input, output_size=None):
+        if self.padding_mode != "zeros":
+            raise ValueError(
+                f"AtrousConvTranspose2d: only padding_mode='zeros' is supported, got '{self.padding_mode}'"
+            )
+        # nn.ConvTranspose2d's own rule turns output_size into output_padding.
+        output_padding = self._output_padding(
+            input, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
+        )
+        return atrous_conv_transpose2d(
+            input, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
+        )
+
+    def extra_repr(self):
+        return super().extra_repr() + ", backend=atrous_cuda"

@@ -1,0 +1,98 @@
+"""LinkNet (Chaurasia and Culurciello 2017) on the atrous kernels.
+
+    encoder   a ResNet-18 style DilatedResNet (torchvision names, so a torchvision
+              resnet18 state_dict loads through `encoder.load_torchvision_state_dict`);
+              output_stride 16 or 8 dilates its last stages instead of striding
+    decoder   per encoder stage, from the deepest: 1x1 conv (m -> m/4) -> BN -> ReLU ->
+              4x4 transposed conv, stride 2 (a 3x3 conv where the encoder stage was
+              dilated instead of strided) -> BN -> ReLU -> 1x1 conv (m/4 -> n) -> BN ->
+              ReLU; its output is added to the next shallower encoder stage's output
+              (layer1 keeps the stem's stride, so its decoder block does not upsample)
+    head      3x3 transposed conv stride 2 -> BN -> ReLU -> 3x3 conv -> BN -> ReLU ->
+              2x2 transposed conv stride 2 to the classes (the stem's two strides)
+"""
+from typing import Sequence
+
+from torch import nn
+
+from ..modules import AtrousConv2d, AtrousConvTranspose2d
+from .backbone import DilatedResNet
+
+__all__ = ["LinkNet", "LinkNetDecoderBlock"]
+
+
+def _transposed_to(conv, x, size):
+    """conv(x) at exactly `size`. A stride-s layer maps H to ceil(H / s), and a
+    transposed conv reaches (h-1)*s - 2p + d(k-1) + 1 + [0, s) from h, which for
+    4x4/stride 2/padding 1 is 2h or 2h + 1: an odd size 2h - 1 is the 2h result
+    with its last row cropped (the row that lies past the encoder's input)."""
+    if size is None:
+        return conv(x)
+    smallest = [(x.shape[-2 + i] - 1) * conv.stride[i] - 2 * conv.padding[i]
+                + conv.dilation[i] * (conv.kernel_size[i] - 1) + 1 for i in range(2)]
+    out = conv(x, output_size=[max(lo, int(want)) for lo, want in zip(smallest, size)])
+    return out[..., : size[0], : size[1]]
+
+
+class LinkNetDecoderBlock(nn.Module):
+    """1x1 -> (transposed 4x4 stride 2 | 3x3) -> 1x1, each followed by BN -> ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, upsample: bool = True):
+        super().__init__()
+        mid = max(in_channels // 4, 1)
+        self.reduce = nn.Sequential(AtrousConv2d(in_channels, mid, 1, bias=False), nn.BatchNorm2d(mid),
+                                    nn.ReLU(inplace=True))
+        self.upsample = upsample
+        if upsample:
+            self.up = AtrousConvTranspose2d(mid, mid, 4, stride=2, padding=1, bias=False)
+        else:
+            self.up = AtrousConv2d(mid, mid, 3, padding=1, bias=False)
+        self.up_bn = nn.BatchNorm2d(mid)
+        self.expand = nn.Sequential(AtrousConv2d(mid, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
+                                    nn.ReLU(inplace=True))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x, output_size=None):
+        """output_size: the transposed conv's exact output size (ignored without upsampling)."""
+        x = self.reduce(x)
+        x = _transposed_to(self.up, x, output_size) if self.upsample else self.up(x)
+        return self.expand(self.relu(self.up_bn(x)))
+
+
+class LinkNet(nn.Module):
+    """LinkNet(num_classes, in_channels=3, layers=(2, 2, 2, 2), width=64, output_stride=32).
+
+    width=64 and layers=(2, 2, 2, 2) is the paper's ResNet-18 encoder.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, layers: Sequence[int] = (2, 2, 2, 2), width: int = 64,
+                 output_stride: int = 32):
+        super().__init__()
+        self.encoder = DilatedResNet("basic", layers, output_stride=output_stride, in_channels=in_channels,
+                                     width=width)
+        widths = [width, width * 2, width * 4, width * 8]
+        # layer1 keeps the stem's stride 4; layer2..4 halve the size unless their
+        # stride was traded for dilation. Decoder i undoes encoder stage i.
+        strided = [False, True, output_stride >= 16, output_stride >= 32]
+        self.decoder = nn.ModuleList(
+            [LinkNetDecoderBlock(widths[i], widths[i - 1] if i > 0 else width, strided[i]) for i in range(4)]
+        )
+        self.final_up = AtrousConvTranspose2d(width, width // 2, 3, stride=2, padding=1, bias=False)
+        self.final_bn = nn.BatchNorm2d(width // 2)
+        self.final_conv = nn.Sequential(AtrousConv2d(width // 2, width // 2, 3, padding=1, bias=False),
+                                        nn.BatchNorm2d(width // 2), nn.ReLU(inplace=True))
+        self.classifier = AtrousConvTranspose2d(width // 2, num_classes, 2, stride=2)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        enc = self.encoder
+        stem = enc.relu(enc.bn1(enc.conv1(x)))
+        e = [enc.layer1(enc.maxpool(stem))]
+        for layer in (enc.layer2, enc.layer3, enc.layer4):
+            e.append(layer(e[-1]))
+        d = e[3]
+        for i in (3, 2, 1):
+            d = self.decoder[i](d, output_size=e[i - 1].shape[-2:]) + e[i - 1]
+        d = self.decoder[0](d)
+        d = self.relu(self.final_bn(_transposed_to(self.final_up, d, stem.shape[-2:])))
+        return _transposed_to(self.classifier, self.final_conv(d), x.shape[-2:])
