@@ -158,14 +158,10 @@ inline int64_t peak_fma_impl(int64_t iters, float* sink) {
   using V = typename Vec<float, VB>::type;
   constexpr int kChains = 12;
   constexpr int lanes = VB / sizeof(float);
+  const V zero = {};
+  const V mul = zero + 0.999999f, add = zero + 1e-7f;  // scalars broadcast to every lane
   V acc[kChains];
-  V mul, add;
-  for (int l = 0; l < lanes; ++l) {
-    mul[l] = 0.999999f;
-    add[l] = 1e-7f;
-  }
-  for (int c = 0; c < kChains; ++c)
-    for (int l = 0; l < lanes; ++l) acc[c][l] = static_cast<float>(c + l);
+  for (int c = 0; c < kChains; ++c) acc[c] = zero + static_cast<float>(c);
   for (int64_t i = 0; i < iters; ++i)
     for (int c = 0; c < kChains; ++c) acc[c] = acc[c] * mul + add;
   float total = 0.f;
