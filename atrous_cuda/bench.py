@@ -312,10 +312,11 @@ def plot_ratios(sections, path):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return False
     directions = ("forward", "grad_input", "grad_weight")
-    fig, axes = plt.subplots(len(sections), 1, figsize=(14, 4.2 * len(sections)), squeeze=False)
+    fig, axes = plt.subplots(len(sections), 1, figsize=(14, 5.2 * len(sections)), squeeze=False)
     for ax, section in zip(axes[:, 0], sections):
         convs = list(dict.fromkeys((r["layer"], r["dilation"]) for r in section["rows"]))
         width = 0.8 / len(directions)
@@ -325,9 +326,12 @@ def plot_ratios(sections, path):
                    width, label=direction)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(convs)))
-        ax.set_xticklabels([f"{name}\nd={d}" for name, d in convs], fontsize=7)
-        ax.set_ylabel("torch time / ours")
+        ax.set_xticklabels([f"{name}, d={d}" for name, d in convs], fontsize=8, rotation=30, ha="right")
+        ax.set_ylabel("torch time / ours (log scale)")
         ax.set_yscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
         ax.set_title(section["title"], fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
