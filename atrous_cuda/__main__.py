@@ -23,7 +23,7 @@ def main(argv=None):
             return 2
         info = _info.collect()
         print(json.dumps(info, indent=2) if rest else _info.format_text(info))
-        return 0
+        return 1 if info["load_error"] else 0
     if command == "demo":
         from .demo import main as demo_main
         return demo_main(rest)

@@ -7,12 +7,18 @@ import torch
 
 
 def collect():
-    """A JSON-serializable dict."""
-    from . import __version__, build_info
+    """A JSON-serializable dict. When the compiled module failed to load, the
+    fields it would give are None and `load_error` says why."""
+    from . import __version__, load_error
     from ._extension import build_config
 
-    native = build_info()
     config = build_config()
+    if load_error is not None:
+        native = {"with_cuda": config.get("with_cuda"), "cuda_archs": config.get("cuda_archs"),
+                  "cpu_isa": None, "cpu_isas_available": None, "cpu_threads": None}
+    else:
+        from . import build_info
+        native = build_info()
     built_for = native.get("torch_version", config.get("torch_version", "unknown"))
     gpus = []
     if torch.cuda.is_available():
@@ -34,6 +40,7 @@ def collect():
         "cpu_threads": native["cpu_threads"],
         "gpu_visible": bool(gpus),
         "gpus": gpus,
+        "load_error": None if load_error is None else str(load_error),
     }
 
 
@@ -65,5 +72,11 @@ def format_text(info):
                     f"{info['cpu_threads']} threads"),
         ("GPU visible", f"{yes_no(info['gpu_visible'])}: {gpu}" if info["gpus"] else gpu),
     ]
+    if info.get("load_error"):
+        rows[4] = ("CUDA kernels", cuda + " (from the build record)")
+        rows[5] = ("CPU ISA", "unknown: the compiled module did not load")
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    text = "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    if info.get("load_error"):
+        text += "\n\nThe compiled module atrous_cuda._C FAILED TO LOAD:\n" + info["load_error"]
+    return text

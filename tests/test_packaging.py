@@ -103,11 +103,9 @@ def _import_in_subprocess(path):
     return _run([sys.executable, "-c", script], env=env, cwd=str(path))
 
 
-@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler to build the stand-in extension")
-def test_extension_built_for_another_torch_explains_itself(tmp_path):
-    """A real dlopen failure: a stand-in _C that references a libtorch symbol
-    this torch lacks (what an extension built against another torch does),
-    recorded as built for torch 2.3.0."""
+def _package_with_broken_extension(tmp_path):
+    """A stand-in _C that references a libtorch symbol this torch lacks (what an
+    extension built against another torch does), recorded as built for torch 2.3.0."""
     package = _package_copy(tmp_path, "torch_version = '2.3.0+cu121'\ntorch_cuda_version = '12.1'\n"
                                       "python_version = '3.11.7'\n")
     source = tmp_path / "stand_in.c"
@@ -116,6 +114,31 @@ def test_extension_built_for_another_torch_explains_itself(tmp_path):
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     compiled = _run(["cc", "-shared", "-fPIC", "-o", str(package / f"_C{suffix}"), str(source)])
     assert compiled.returncode == 0, compiled.stderr
+    return package
+
+
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler to build the stand-in extension")
+
+
+@needs_cc
+def test_info_still_reports_when_the_extension_does_not_load(tmp_path):
+    _package_with_broken_extension(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    result = _run([sys.executable, "-m", "atrous_cuda", "info"], env=env, cwd=str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    assert f"torch         {torch.__version__}  (WARNING: built against 2.3.0+cu121; rebuild)" in result.stdout
+    assert "The compiled module atrous_cuda._C FAILED TO LOAD" in result.stdout
+    assert "undefined symbol: _ZN3c1019AtrousMissingSymbolEv" in result.stdout
+    as_json = _run([sys.executable, "-m", "atrous_cuda", "info", "--json"], env=env, cwd=str(tmp_path))
+    assert as_json.returncode == 1 and "AtrousMissingSymbol" in json.loads(as_json.stdout)["load_error"]
+    # Everything else still refuses to import a broken package.
+    assert _import_in_subprocess(tmp_path).returncode != 0
+
+
+@needs_cc
+def test_extension_built_for_another_torch_explains_itself(tmp_path):
+    """A real dlopen failure, as an extension built against another torch gives."""
+    _package_with_broken_extension(tmp_path)
     result = _import_in_subprocess(tmp_path)
     assert result.returncode != 0
     assert "ImportError: atrous_cuda: the compiled extension atrous_cuda._C failed to load" in result.stderr
@@ -169,6 +192,7 @@ def test_wheel_installs_into_fresh_venv_with_torch(tmp_path):
 
     check = textwrap.dedent("""
         import json, torch, torch.nn.functional as F, atrous_cuda
+        import atrous_cuda.models, atrous_cuda.receptive_field  # subpackages and modules ship too
         x, w = torch.randn(2, 3, 9, 9, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
         torch.testing.assert_close(atrous_cuda.atrous_conv2d(x, w, padding=2, dilation=2),
                                    F.conv2d(x, w, padding=2, dilation=2))

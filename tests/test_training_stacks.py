@@ -277,8 +277,12 @@ def test_convert_then_revert_is_lossless(training):
     model[0].register_state_dict_post_hook(lambda m, sd, prefix, local: calls.append("state_dict"))
     before = {name: (m.training, dict(m._forward_pre_hooks), dict(m._forward_hooks), dict(m._backward_hooks))
               for name, m in model.named_modules()}
-    round_trip = revert_model(convert_model(model, convert_all=True))
+    converted = convert_model(model, convert_all=True)
+    assert [type(m) for m in converted.modules()][1:] == [
+        AtrousConv2d, nn.BatchNorm2d, nn.ReLU, AtrousConv2d, nn.Dropout]  # it did convert
+    round_trip = revert_model(converted)
     assert [type(m) for m in round_trip.modules()] == [type(m) for m in model.modules()]
+    assert type(round_trip[0]) is nn.Conv2d and type(round_trip[3]) is nn.Conv2d
     for (name, p), (name2, q) in zip(model.named_parameters(), round_trip.named_parameters()):
         assert name == name2 and p is q, name
     for (name, p), (name2, q) in zip(model.named_buffers(), round_trip.named_buffers()):
