@@ -59,17 +59,27 @@ def _windowed(field, k, s, d, p):
     )
 
 
+def _transposed_spread(kernel, stride, dilation):
+    """Largest distance, in input pixels, between two inputs that one output
+    of a transposed conv reads (taps grouped by m*d mod s)."""
+    groups = {}
+    for m in range(kernel):
+        groups.setdefault(m * dilation % stride, []).append(m)
+    return max((max(g) - min(g)) * dilation // stride for g in groups.values())
+
+
 def _layer_field(module, field, spatial):
     """The output field of a conv/pool/transposed-conv layer, or None for other modules."""
     ndim = len(field)
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         # Output o reads input i where i*s - p + m*d = o: for o = 0 the taps' hull is
-        # centred on input (p - d(k-1)/2) / s, and any output reads inputs at most
-        # floor(d(k-1)/s) apart.
+        # centred on input (p - d(k-1)/2) / s. Two taps m1, m2 meet at one output only
+        # when (m1 - m2)*d is a multiple of s, and then read inputs (m1 - m2)*d/s apart,
+        # so the widest spread of one output is the largest such gap.
         k, s, d = _tuple(module.kernel_size, ndim), _tuple(module.stride, ndim), _tuple(module.dilation, ndim)
         p = _tuple(module.padding, ndim)
         return tuple(
-            (size + (d[i] * (k[i] - 1) // s[i]) * jump, jump / s[i],
+            (size + _transposed_spread(k[i], s[i], d[i]) * jump, jump / s[i],
              start + (p[i] - d[i] * (k[i] - 1) / 2) / s[i] * jump)
             for i, (size, jump, start) in enumerate(field)
         )

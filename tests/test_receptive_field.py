@@ -1,5 +1,6 @@
 """receptive_field (against the empirical, gradient-based field), gridding_report
 (exact holes, HDC's M_2) and plot_receptive_field."""
+import itertools
 import pytest
 import torch
 import torch.nn.functional as F
@@ -226,3 +227,20 @@ def test_plot_receptive_field_writes_a_png_showing_holes(tmp_path):
     assert image.shape[0] > 100 and image.shape[1] > 200
     single = plot_receptive_field([1, 2, 3], str(tmp_path / "one.png"), title="one stack")
     assert matplotlib.image.imread(single).shape[1] > 100
+
+
+def test_transposed_conv_spread_matches_brute_force():
+    """One output o of a transposed conv reads inputs i with i*s + m*d - p == o; the
+    widest spread of those i over every o, counted directly, for every small (k, s, d)."""
+    from atrous_cuda.receptive_field import _transposed_spread
+
+    def brute(k, s, d, inputs=200):
+        spread = 0
+        for o in range(4 * s * d * k):
+            read = [(o - m * d) // s for m in range(k) if (o - m * d) % s == 0 and 0 <= (o - m * d) // s < inputs]
+            spread = max(spread, max(read) - min(read)) if read else spread
+        return spread
+
+    for k, s, d in itertools.product(range(1, 6), range(1, 7), range(1, 6)):
+        assert _transposed_spread(k, s, d) == brute(k, s, d), (k, s, d)
+    assert _transposed_spread(3, 6, 4) == 0  # taps at 0, 4, 8 never meet at one output
