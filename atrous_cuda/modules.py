@@ -160,20 +160,37 @@ class AtrousConv1d(_AtrousConvMixin, nn.Conv1d):
         _construct(self, nn.Conv1d, args, kwargs, ("same", "valid"))
 
 
+def _scripted_dtype_name(dtype: torch.dtype) -> str:
+    # str() of a dtype is its enum number in TorchScript.
+    for candidate, name in [(torch.float32, "torch.float32"), (torch.float64, "torch.float64"),
+                            (torch.float16, "torch.float16"), (torch.bfloat16, "torch.bfloat16")]:
+        if dtype == candidate:
+            return name
+    return "dtype #" + str(dtype)
+
+
 def _scripted_conv_transpose(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
                              padding: List[int], output_padding: List[int], groups: int,
                              dilation: List[int]) -> Tensor:
     """AtrousConvTranspose2d's forward under torch.jit.script: the same
     geometry and op call as functional.atrous_conv_transpose2d. The op's C++
     checks catch bad shapes; the bias and dtypes are checked here so the
-    errors name this module rather than the op."""
+    errors name this module rather than the op.
+
+    No autocast here: torch.is_autocast_cpu_enabled() inside TorchScript
+    crashes the process (segfault, torch 2.14) when called under
+    torch.autocast, so the scripted module runs in its arguments' dtypes.
+    """
     if weight.dtype != input.dtype:
-        raise RuntimeError("AtrousConvTranspose2d: expected weight of the input's dtype")
+        raise RuntimeError("AtrousConvTranspose2d: expected weight of the input's dtype "
+                           + _scripted_dtype_name(input.dtype) + ", got " + _scripted_dtype_name(weight.dtype))
     if bias is not None:
         if bias.dtype != input.dtype:
-            raise RuntimeError("AtrousConvTranspose2d: expected bias of the input's dtype")
+            raise RuntimeError("AtrousConvTranspose2d: expected bias of the input's dtype "
+                               + _scripted_dtype_name(input.dtype) + ", got " + _scripted_dtype_name(bias.dtype))
         if bias.dim() != 1 or bias.shape[0] != weight.shape[1] * groups:
-            raise ValueError("AtrousConvTranspose2d: expected bias of size (out_channels,)")
+            raise ValueError("AtrousConvTranspose2d: expected bias of size (" + str(weight.shape[1] * groups)
+                             + ",), got bias of size " + str(bias.shape))
     batched = input.dim() == 4
     x = input if batched else input.unsqueeze(0)
     out_size: List[int] = []

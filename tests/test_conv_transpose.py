@@ -297,3 +297,17 @@ def test_conv_transpose2d_keeps_channels_last_like_torch(layout, kernel, stride,
         assert ours.is_contiguous(memory_format=fmt) == ref.is_contiguous(memory_format=fmt), fmt
     module = AtrousConvTranspose2d(6, 6, kernel, stride, padding, output_padding, groups).double()
     assert module(x).is_contiguous(memory_format=torch.channels_last) == (layout == "input")
+
+
+@_quiet_jit
+def test_scripted_module_names_dtype_and_bias_errors():
+    torch.manual_seed(0)
+    module = AtrousConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1)
+    scripted = torch.jit.script(module)
+    x = seeded_randn((2, 4, 5, 6), dtype=torch.float32, seed=5)
+    # TorchScript re-raises a scripted `raise` as torch.jit.Error with the message.
+    with pytest.raises(torch.jit.Error, match="expected weight of the input's dtype torch.float64, got torch.float32"):
+        scripted(x.double())
+    module.bias = nn.Parameter(torch.zeros(5))
+    with pytest.raises(torch.jit.Error, match=r"expected bias of size \(6,\), got bias of size \[5\]"):
+        torch.jit.script(module)(x)
