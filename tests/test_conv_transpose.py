@@ -267,7 +267,8 @@ def test_conv_transpose2d_dtype_and_device_errors_name_this_function_and_the_arg
     fn = "atrous_conv_transpose2d: "
     with pytest.raises(RuntimeError, match=fn + "expected bias of the input's dtype torch.float32, got torch.float64"):
         atrous_conv_transpose2d(x.float(), w.float(), b)  # no silent promotion to float64
-    with pytest.raises(RuntimeError, match=fn + "expected weight of the input's dtype torch.float64, got torch.float32"):
+    with pytest.raises(RuntimeError,
+                       match=fn + "expected weight of the input's dtype torch.float64, got torch.float32"):
         atrous_conv_transpose2d(x, w.float())
     with pytest.raises(RuntimeError, match=fn + "expected weight on the input's device cpu, got meta"):
         atrous_conv_transpose2d(x, w.to("meta"))
@@ -292,11 +293,16 @@ def test_conv_transpose2d_keeps_channels_last_like_torch(layout, kernel, stride,
         x = x.to(memory_format=torch.channels_last)
     else:
         w = w.to(memory_format=torch.channels_last)
+    x, w, b = x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
     args = (stride, padding, output_padding, groups)
     ours, ref = atrous_conv_transpose2d(x, w, b, *args), F.conv_transpose2d(x, w, b, *args)
-    assert_matches(ours, ref, what="output")
+    assert_matches(ours, ref.detach(), what="output")
     for fmt in (torch.contiguous_format, torch.channels_last):
         assert ours.is_contiguous(memory_format=fmt) == ref.is_contiguous(memory_format=fmt), fmt
+    gy = seeded_randn(ref.shape, seed=4)
+    for name, a, r in zip(("grad_input", "grad_weight", "grad_bias"), torch.autograd.grad(ours, (x, w, b), gy),
+                          torch.autograd.grad(ref, (x, w, b), gy)):
+        assert_matches(a, r, what=name)
     module = AtrousConvTranspose2d(6, 6, kernel, stride, padding, output_padding, groups).double()
     assert module(x).is_contiguous(memory_format=torch.channels_last) == (layout == "input")
 
