@@ -10,8 +10,10 @@ Every form becomes explicit per-side padding for the op, so no form copies
 the input.
 """
 import numbers
+from typing import List
 
 import torch
+from torch import Tensor
 
 from . import _ops
 
@@ -183,6 +185,73 @@ def atrous_conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, gro
     return _atrous_conv("atrous_conv1d", 1, input, weight, bias, stride, padding, dilation, groups)
 
 
+def _autocast_dtype(device):
+    """torch.get_autocast_dtype(device type) when autocast is on for the
+    input's device, else None. Device types autocast does not know (meta)
+    never autocast."""
+    try:
+        enabled = torch.is_autocast_enabled(device.type)
+    except RuntimeError:
+        return None
+    return torch.get_autocast_dtype(device.type) if enabled else None
+
+
+def _autocast_cast(dtype, device, t):
+    """Autocast's lower_precision_fp rule (the one F.conv_transpose2d follows):
+    a floating-point tensor on the autocast device is cast to the autocast
+    dtype unless it is float64. `.to` is differentiable, so a float32
+    parameter still gets a float32 grad."""
+    if t is None or t.device != device or t.dtype in (torch.float64, dtype):
+        return t
+    return t.to(dtype)
+
+
+def transpose_geometry(in_size: int, kernel: int, stride: int, padding: int, output_padding: int,
+                       dilation: int) -> List[int]:
+    """One axis of a transposed conv as conv_backward's grad_input:
+    [out_size, pad_before, pad_after, unreached], where the op produces
+    out_size rows and `unreached` zero rows are appended after them (see
+    atrous_conv_transpose2d). TorchScript-typed: the scripted module uses it too."""
+    s, p, d, k, op = stride, padding, dilation, kernel, output_padding
+    size = (in_size - 1) * s - 2 * p + d * (k - 1) + op + 1
+    unreached = max(op - p, 0)
+    return [size - unreached, p, p - (op - unreached), unreached]
+
+
+def _strides_like_channels_last(t: Tensor) -> bool:
+    """Tensor.suggest_memory_format() == channels_last, as torch's CPU
+    convolutions decide it (c10's is_channels_last_strides_2d): visiting
+    C, W, H, N, each stride must be at least the extent of the dimensions
+    visited before; size-1 dimensions make some layouts both, and those
+    resolve by stride order, NCHW when strides tie."""
+    if t.dim() != 4 or t.stride(1) == 0:
+        return False
+    smallest = 0
+    for d in [1, 3, 2, 0]:
+        if t.shape[d] == 0 or t.stride(d) < smallest:
+            return False
+        if d == 0 and smallest == t.stride(1):
+            return False
+        smallest = t.stride(d) * max(t.shape[d], 1)
+    return True
+
+
+def keeps_channels_last(x: Tensor, weight: Tensor) -> bool:
+    """F.conv_transpose2d on CPU returns channels_last when the (batched)
+    input's or the weight's strides suggest channels_last."""
+    return _strides_like_channels_last(x) or _strides_like_channels_last(weight)
+
+
+def channels_last_weight(weight: Tensor) -> Tensor:
+    """The op's grad_input is channels_last when its input or weight is
+    strictly channels_last; its input here is a layout-less expanded scalar,
+    so the weight carries the layout: a copy of the weight, much smaller
+    than the output. Weights whose channels_last strides are also contiguous
+    ones (1x1 kernels, one output channel per group) cannot say it and are
+    returned unchanged."""
+    return weight.contiguous(memory_format=torch.channels_last)
+
+
 def atrous_conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     """Same signature and results as torch.nn.functional.conv_transpose2d.
 
@@ -201,10 +270,18 @@ def atrous_conv_transpose2d(input, weight, bias=None, stride=1, padding=0, outpu
         zeros appended after a conv with op = p.
     The conv's input is only a shape here (the kernels read it only for
     grad_weight), so it is an expanded scalar zero: nothing is allocated.
-    The output is contiguous even for a channels_last input.
+    Like torch: under torch.autocast the float32 tensors run in the autocast
+    dtype, and a channels_last input or weight gives a channels_last output.
     """
     fn = "atrous_conv_transpose2d"
     _check_tensors(fn, input, weight, bias, 2)
+    autocast_dtype = _autocast_dtype(input.device)
+    if autocast_dtype is not None:
+        input, weight, bias = (_autocast_cast(autocast_dtype, input.device, t) for t in (input, weight, bias))
+    for name, t in (("weight", weight), ("bias", bias)):
+        # Checked here: the op would name itself (atrous_conv_backward), not this function.
+        if t is not None and t.dtype != input.dtype:
+            raise RuntimeError(f"{fn}: expected {name} of the input's dtype {input.dtype}, got {t.dtype}")
     if not _is_int(groups):
         raise TypeError(f"{fn}: expected groups to be an int, got {groups!r}")
     if groups <= 0:
@@ -224,32 +301,41 @@ def atrous_conv_transpose2d(input, weight, bias=None, stride=1, padding=0, outpu
         )
     if weight.shape[0] % groups != 0:
         raise ValueError(f"{fn}: expected in_channels ({weight.shape[0]}) divisible by groups ({groups})")
+    out_channels = weight.shape[1] * groups
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_channels):
+        raise ValueError(
+            f"{fn}: expected bias of size ({out_channels},) (out_channels = weight.shape[1] * groups = "
+            f"{weight.shape[1]} * {groups}), got bias of size {tuple(bias.shape)}"
+        )
     kernel = tuple(weight.shape[2:])
     out_size, pads, unreached_rows = [], [], []
     for axis in range(2):
-        s, p, d, k, op = stride[axis], padding[axis], dilation[axis], kernel[axis], output_padding[axis]
-        if op >= max(s, d):
+        if output_padding[axis] >= max(stride[axis], dilation[axis]):
             raise ValueError(
                 f"{fn}: expected output_padding smaller than stride or dilation, got output_padding="
                 f"{output_padding}, stride={stride}, dilation={dilation}"
             )
-        size = (x.shape[2 + axis] - 1) * s - 2 * p + d * (k - 1) + op + 1
-        if size <= 0:
+        size, before, after, unreached = transpose_geometry(
+            x.shape[2 + axis], kernel[axis], stride[axis], padding[axis], output_padding[axis], dilation[axis]
+        )
+        if size + unreached <= 0:
             raise ValueError(
                 f"{fn}: input of size {tuple(input.shape)} with stride={stride}, padding={padding}, "
-                f"dilation={dilation} and kernel {kernel} gives a non-positive output size {size}"
+                f"dilation={dilation} and kernel {kernel} gives a non-positive output size {size + unreached}"
             )
-        unreached = max(op - p, 0)
-        out_size.append(size - unreached)
+        out_size.append(size)
         unreached_rows.append(unreached)
-        pads += [p, p - (op - unreached)]
-    out_channels = weight.shape[1] * groups
+        pads += [before, after]
     shape_only = x.new_zeros(()).expand(x.shape[0], out_channels, *out_size)
+    channels_last = keeps_channels_last(x, weight)
     out = _ops.conv_backward(
-        x, shape_only, weight, list(stride), pads, list(dilation), int(groups), [True, False, False]
+        x, shape_only, channels_last_weight(weight) if channels_last else weight, list(stride), pads,
+        list(dilation), int(groups), [True, False, False]
     )[0]
     if any(unreached_rows):
         out = torch.nn.functional.pad(out, (0, unreached_rows[1], 0, unreached_rows[0]))
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)  # a no-op unless the weight could not say it
     if bias is not None:
         out = out + bias.reshape(1, -1, 1, 1)
     return out if batched else out.squeeze(0)

@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .functional import _PADDING_STRINGS, _atrous_conv, _int_tuple, atrous_conv_transpose2d, resolve_padding
+from .functional import (
+    _PADDING_STRINGS,
+    _atrous_conv,
+    _int_tuple,
+    atrous_conv_transpose2d,
+    keeps_channels_last,
+    resolve_padding,
+    transpose_geometry,
+)
 
 __all__ = ["AtrousConv1d", "AtrousConv2d", "AtrousConvTranspose2d"]
 
@@ -152,20 +160,90 @@ class AtrousConv1d(_AtrousConvMixin, nn.Conv1d):
         _construct(self, nn.Conv1d, args, kwargs, ("same", "valid"))
 
 
+def _scripted_dtype_name(dtype: torch.dtype) -> str:
+    # str() of a dtype is its enum number in TorchScript.
+    for candidate, name in [(torch.float32, "torch.float32"), (torch.float64, "torch.float64"),
+                            (torch.float16, "torch.float16"), (torch.bfloat16, "torch.bfloat16")]:
+        if dtype == candidate:
+            return name
+    return "dtype #" + str(dtype)
+
+
+def _scripted_conv_transpose(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int],
+                             padding: List[int], output_padding: List[int], groups: int,
+                             dilation: List[int]) -> Tensor:
+    """AtrousConvTranspose2d's forward under torch.jit.script: the same
+    geometry and op call as functional.atrous_conv_transpose2d. The op's C++
+    checks catch bad shapes; the bias and dtypes are checked here so the
+    errors name this module rather than the op.
+
+    No autocast here: torch.is_autocast_cpu_enabled() inside TorchScript
+    crashes the process (segfault, torch 2.14) when called under
+    torch.autocast, so the scripted module runs in its arguments' dtypes.
+    """
+    if weight.dtype != input.dtype:
+        raise RuntimeError("AtrousConvTranspose2d: expected weight of the input's dtype "
+                           + _scripted_dtype_name(input.dtype) + ", got " + _scripted_dtype_name(weight.dtype))
+    if bias is not None:
+        if bias.dtype != input.dtype:
+            raise RuntimeError("AtrousConvTranspose2d: expected bias of the input's dtype "
+                               + _scripted_dtype_name(input.dtype) + ", got " + _scripted_dtype_name(bias.dtype))
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[1] * groups:
+            raise ValueError("AtrousConvTranspose2d: expected bias of size (" + str(weight.shape[1] * groups)
+                             + ",), got bias of size " + str(bias.shape))
+    batched = input.dim() == 4
+    x = input if batched else input.unsqueeze(0)
+    out_size: List[int] = []
+    pads: List[int] = []
+    unreached: List[int] = []
+    for axis in range(2):
+        g = transpose_geometry(x.shape[2 + axis], weight.shape[2 + axis], stride[axis], padding[axis],
+                               output_padding[axis], dilation[axis])
+        out_size.append(g[0])
+        pads += [g[1], g[2]]
+        unreached.append(g[3])
+    shape_only = x.new_zeros(()).expand([x.shape[0], weight.shape[1] * groups, out_size[0], out_size[1]])
+    channels_last = keeps_channels_last(x, weight)
+    w = weight.contiguous(memory_format=torch.channels_last) if channels_last else weight
+    out = torch.ops.atrous.conv_backward(x, shape_only, w, stride, pads, dilation, groups, [True, False, False])[0]
+    if unreached[0] > 0 or unreached[1] > 0:
+        out = F.pad(out, [0, unreached[1], 0, unreached[0]])
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    if bias is not None:
+        out = out + bias.reshape(1, -1, 1, 1)
+    return out if batched else out.squeeze(0)
+
+
 class AtrousConvTranspose2d(nn.ConvTranspose2d):
     """Drop-in nn.ConvTranspose2d (same constructor, state_dict keys and
     `forward(input, output_size=None)`) whose forward runs the atrous
-    grad_input kernel (see atrous_conv_transpose2d)."""
+    grad_input kernel (see atrous_conv_transpose2d). Scripts with
+    torch.jit.script, like AtrousConv2d."""
 
-    def forward(self, input, output_size=None):
+    def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
         if self.padding_mode != "zeros":
             raise ValueError(
-                f"AtrousConvTranspose2d: only padding_mode='zeros' is supported, got '{self.padding_mode}'"
+                "AtrousConvTranspose2d: only padding_mode='zeros' is supported, got '" + self.padding_mode + "'"
             )
         # nn.ConvTranspose2d's own rule turns output_size into output_padding.
         output_padding = self._output_padding(
             input, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
         )
+        if torch.jit.is_scripting():
+            # Compiled alone (see _AtrousConvMixin._conv_forward); the module's
+            # stride, padding and dilation are tuple constants there.
+            stride: List[int] = []
+            padding: List[int] = []
+            dilation: List[int] = []
+            for s in self.stride:
+                stride.append(s)
+            for p in self.padding:
+                padding.append(p)
+            for d in self.dilation:
+                dilation.append(d)
+            return _scripted_conv_transpose(input, self.weight, self.bias, stride, padding, output_padding,
+                                            self.groups, dilation)
         return atrous_conv_transpose2d(
             input, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
         )
