@@ -400,3 +400,96 @@ def test_wavenet_misuse_is_reported():
         model.step(torch.zeros(2, 2, 1, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"expected input \(N, 2, T\)"):
         model(torch.zeros(1, 3, 10, dtype=torch.float64))
+
+
+# ----------------------------------------------------------------- TorchScript --
+
+def _tiny_scriptable_models():
+    """name -> (model factory, example inputs), small enough to script and run in well under a second."""
+    from atrous_cuda.models import FCISScoring, InstanceFCN
+    g = torch.Generator().manual_seed(0)
+
+    def randn(*size):
+        return torch.randn(*size, generator=g, dtype=torch.float64)
+
+    return {
+        "aspp": (lambda: ASPP(4, [1, 2], out_channels=8), (randn(2, 4, 9, 9),)),
+        "aspp_separable": (lambda: ASPP(4, [1, 2], out_channels=8, separable=True), (randn(2, 4, 9, 9),)),
+        "dilated_resnet18": (lambda: dilated_resnet18(output_stride=8), (randn(1, 3, 32, 32),)),
+        "dilated_resnet_bottleneck": (lambda: DilatedResNet("bottleneck", [1, 1, 1, 1], output_stride=16),
+                                      (randn(1, 3, 32, 32),)),
+        "deeplabv3": (lambda: DeepLabV3(3, backbone="resnet18", output_stride=16), (randn(1, 3, 32, 32),)),
+        "deeplabv3plus": (lambda: DeepLabV3Plus(3, backbone="resnet18", output_stride=16), (randn(1, 3, 32, 32),)),
+        "instance_fcn": (lambda: InstanceFCN(k=2, m=4, window_stride=(2, 1), trunk_widths=(4, 8),
+                                             trunk_dilations=(2,), branch_channels=8), (randn(1, 3, 16, 16),)),
+        "instance_fcn_centers": (lambda: InstanceFCN(k=2, m=4, window_stride=2, trunk_widths=(4, 8),
+                                                     trunk_dilations=(2,), branch_channels=8),
+                                 (randn(2, 3, 16, 16), torch.tensor([[0, 1, 0], [1, 0, 1], [0, 1, 0]]))),
+        "fcis_scoring": (lambda: FCISScoring(4, 3, group_size=2, output_size=4, spatial_scale=0.5),
+                         (randn(2, 4, 8, 8), torch.tensor([[0, 1.0, 1.0, 10.0, 12.0], [1, 0.0, 3.0, 7.0, 9.5]],
+                                                          dtype=torch.float64))),
+        "wavenet": (lambda: WaveNet(2, 3, residual_channels=4, gate_channels=4, skip_channels=4,
+                                    dilations=(1, 2, 4), stacks=2, kernel_size=3), (randn(2, 2, 20),)),
+        # AtrousFCN and LinkNet contain an AtrousConvTranspose2d, whose TorchScript support is being fixed
+        # on another branch (atrous_cuda/modules.py); they are added here once that branch is merged.
+    }
+
+
+def _flatten_outputs(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for key in sorted(out) for t in _flatten_outputs(out[key])]
+    return [t for item in out for t in _flatten_outputs(item)]
+
+
+@pytest.mark.parametrize("name", sorted(_tiny_scriptable_models()))
+def test_models_script_and_the_scripted_model_equals_eager_in_float64(name):
+    factory, inputs = _tiny_scriptable_models()[name]
+    torch.manual_seed(0)
+    model = _randomize_batchnorm(factory().double().eval())
+    scripted = torch.jit.script(model)
+    eager_out = _flatten_outputs(model(*inputs))
+    scripted_out = _flatten_outputs(scripted(*inputs))
+    assert len(eager_out) == len(scripted_out) > 0
+    for e, s in zip(eager_out, scripted_out):
+        assert e.dtype == s.dtype and e.shape == s.shape
+        torch.testing.assert_close(s, e, rtol=0, atol=0)
+
+
+def test_scripted_aspp_trains_at_batch_size_one_like_eager():
+    # The image-pooling BN (SingleValueBatchNorm2d) takes its running-statistics path when scripted too.
+    torch.manual_seed(0)
+    model = _randomize_batchnorm(ASPP(4, [1, 2], out_channels=8, dropout=0.0).double().train())
+    scripted = torch.jit.script(copy.deepcopy(model))
+    x = seeded_randn((1, 4, 7, 7), dtype=torch.float64)
+    torch.testing.assert_close(scripted(x), model(x), rtol=0, atol=0)
+    for (name, a), (_, b) in zip(model.named_buffers(), scripted.named_buffers()):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("training", [True, False])
+def test_single_value_batchnorm_is_batchnorm2d_when_a_channel_has_several_values(momentum, training):
+    # forward is written with F.batch_norm (for TorchScript); it must stay nn.BatchNorm2d exactly,
+    # running statistics and num_batches_tracked included (momentum None: cumulative average).
+    ours = _randomize_batchnorm(SingleValueBatchNorm2d(3, momentum=momentum).double())
+    theirs = copy.deepcopy(ours)
+    theirs.__class__ = nn.BatchNorm2d
+    ours.train(training), theirs.train(training)
+    for step in range(3):
+        x = seeded_randn((2, 3, 2, 2), dtype=torch.float64, seed=step)
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+    for (name, a), (_, b) in zip(ours.named_buffers(), theirs.named_buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_single_value_batchnorm_keeps_running_statistics_on_a_one_value_batch():
+    bn = _randomize_batchnorm(SingleValueBatchNorm2d(3).double()).train()
+    before = {name: b.clone() for name, b in bn.named_buffers()}
+    x = seeded_randn((1, 3, 1, 1), dtype=torch.float64)
+    expected = (x - bn.running_mean.view(1, 3, 1, 1)) / torch.sqrt(bn.running_var.view(1, 3, 1, 1) + bn.eps) \
+        * bn.weight.view(1, 3, 1, 1) + bn.bias.view(1, 3, 1, 1)
+    torch.testing.assert_close(bn(x), expected)
+    for name, b in bn.named_buffers():
+        torch.testing.assert_close(b, before[name], rtol=0, atol=0, msg=name)

@@ -15,7 +15,7 @@ step in O(layers * k) work, independent of t, so T samples cost O(T). Every
 step runs the same ops as `forward` (the dilated conv on the k gathered
 columns, the 1x1 convs on one column).
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -103,12 +103,13 @@ class WaveNet(nn.Module):
 
     def forward(self, x):
         if x.dim() != 3 or x.shape[1] != self.in_channels:
-            raise ValueError(f"WaveNet: expected input (N, {self.in_channels}, T), got {tuple(x.shape)}")
+            raise ValueError(f"WaveNet: expected input (N, {self.in_channels}, T), got size " + str(list(x.shape)))
         h = self.input_conv(x)
-        skips = 0
+        skips: Optional[torch.Tensor] = None
         for block in self.blocks:
             h, s = block(h)
-            skips = skips + s
+            skips = s if skips is None else skips + s
+        assert skips is not None  # the constructor requires at least one block
         return self.output(skips)
 
     def reset_state(self, batch_size: int):
