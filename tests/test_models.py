@@ -493,3 +493,57 @@ def test_single_value_batchnorm_keeps_running_statistics_on_a_one_value_batch():
     torch.testing.assert_close(bn(x), expected)
     for name, b in bn.named_buffers():
         torch.testing.assert_close(b, before[name], rtol=0, atol=0, msg=name)
+
+
+# ------------------------------------------------------ constructor validation --
+
+def _invalid_constructor_calls():
+    from atrous_cuda.models import FCISScoring, InstanceAssembler, InstanceFCN
+    return {
+        "fcis_group_size_0": (lambda: FCISScoring(4, 3, group_size=0), r"FCISScoring: expected group_size to be an int >= 1, got 0"),
+        "fcis_output_below_group": (lambda: FCISScoring(4, 3, group_size=3, output_size=2),
+                                    r"FCISScoring: expected output_size to be an int >= group_size = 3, got 2"),
+        "fcis_scale_0": (lambda: FCISScoring(4, 3, spatial_scale=0.0), r"spatial_scale to be a float > 0, got 0.0"),
+        "fcis_in_channels_bool": (lambda: FCISScoring(True, 3), r"in_channels to be an int >= 1, got True"),
+        "wavenet_dilation_0": (lambda: WaveNet(1, 1, dilations=(0, 1)),
+                               r"WaveNet: expected dilations to be a sequence of ints >= 1 \(at least one\), got \(0, 1\)"),
+        "wavenet_dilation_negative": (lambda: WaveNet(1, 1, dilations=(1, -2)), r"dilations .* got \(1, -2\)"),
+        "wavenet_no_dilation": (lambda: WaveNet(1, 1, dilations=()), r"dilations .*\(at least one\), got \(\)"),
+        "wavenet_stacks_0": (lambda: WaveNet(1, 1, stacks=0), r"WaveNet: expected stacks to be an int >= 1, got 0"),
+        "wavenet_kernel_0": (lambda: WaveNet(1, 1, kernel_size=0), r"expected kernel_size to be an int >= 1, got 0"),
+        "wavenet_channels_0": (lambda: WaveNet(1, 1, gate_channels=0), r"expected gate_channels to be an int >= 1, got 0"),
+        "assembler_stride_0": (lambda: InstanceAssembler(2, 4, window_stride=0),
+                               r"InstanceAssembler: expected window_stride to be ints >= 1, got 0"),
+        "assembler_stride_pair_0": (lambda: InstanceAssembler(2, 4, window_stride=(1, 0)),
+                                    r"window_stride to be ints >= 1, got \(1, 0\)"),
+        "instance_fcn_stride_0": (lambda: InstanceFCN(window_stride=0), r"window_stride to be ints >= 1, got 0"),
+        "instance_fcn_trunk_dilation_0": (lambda: InstanceFCN(trunk_dilations=(0,)),
+                                          r"InstanceFCN: expected trunk_dilations .* got \(0,\)"),
+        "instance_fcn_branch_0": (lambda: InstanceFCN(branch_channels=0), r"branch_channels to be an int >= 1, got 0"),
+        "linknet_width_1": (lambda: LinkNet(2, width=1),
+                            r"LinkNet: expected width \(the final decoder stage has width // 2 channels\) to be an int >= 2, got 1"),
+        "linknet_classes_0": (lambda: LinkNet(0, width=4), r"LinkNet: expected num_classes to be an int >= 1, got 0"),
+        "resnet_layers_bool": (lambda: DilatedResNet("basic", [True, 1, 1, 1]),
+                               r"DilatedResNet: expected layers to be 4 ints >= 1, got \[True, 1, 1, 1\]"),
+        "resnet_layers_0": (lambda: DilatedResNet("basic", [2, 0, 2, 2]), r"layers to be 4 ints >= 1, got \[2, 0, 2, 2\]"),
+        "resnet_layers_negative": (lambda: DilatedResNet("basic", (2, 2, -1, 2)), r"layers .* got \(2, 2, -1, 2\)"),
+        "resnet_layers_three": (lambda: DilatedResNet("basic", (2, 2, 2)), r"layers to be 4 ints >= 1, got \(2, 2, 2\)"),
+        "resnet_width_0": (lambda: DilatedResNet("basic", (1, 1, 1, 1), width=0), r"width to be an int >= 1, got 0"),
+        "resnet_multi_grid_bool": (lambda: DilatedResNet("basic", (1, 1, 1, 1), multi_grid=(1, False)),
+                                   r"multi_grid \(or None\) .* got \(1, False\)"),
+        "fcn_width_0": (lambda: AtrousFCN(2, widths=(4, 0)), r"AtrousFCN: expected widths .* got \(4, 0\)"),
+        "fcn_rate_0": (lambda: AtrousFCN(2, widths=(4,), rates=(0,)), r"AtrousFCN: expected rates .* got \(0,\)"),
+        "fcn_classes_0": (lambda: AtrousFCN(0), r"AtrousFCN: expected num_classes to be an int >= 1, got 0"),
+        "deeplab_classes_0": (lambda: DeepLabV3(0, backbone="resnet18", width=4),
+                              r"DeepLabV3: expected num_classes to be an int >= 1, got 0"),
+        "deeplabplus_decoder_0": (lambda: DeepLabV3Plus(2, backbone="resnet18", width=4, decoder_channels=0),
+                                  r"DeepLabV3Plus: expected decoder_channels to be an int >= 1, got 0"),
+        "aspp_out_channels_0": (lambda: ASPP(4, (1,), out_channels=0), r"ASPP: expected out_channels to be an int >= 1, got 0"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_invalid_constructor_calls()))
+def test_model_constructors_reject_invalid_arguments_naming_them(case):
+    build, message = _invalid_constructor_calls()[case]
+    with pytest.raises(ValueError, match=message):
+        build()

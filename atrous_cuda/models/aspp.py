@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modules import AtrousConv2d
+from ._validate import check_int, check_ints
 
 __all__ = ["ASPP", "ASPPConv", "ASPPPooling", "ASPPSeparableConv", "SingleValueBatchNorm2d"]
 
@@ -139,9 +140,9 @@ class ASPP(nn.Module):
     def __init__(self, in_channels: int, atrous_rates: Sequence[int], out_channels: int = 256,
                  separable: bool = False, dropout: float = 0.5):
         super().__init__()
-        rates = tuple(atrous_rates)
-        if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates):
-            raise ValueError(f"ASPP: expected atrous_rates to be ints >= 1, got {atrous_rates!r}")
+        check_int("ASPP", "in_channels", in_channels)
+        check_int("ASPP", "out_channels", out_channels)
+        rates = check_ints("ASPP", "atrous_rates", atrous_rates, allow_empty=True)
         if not (0.0 <= dropout < 1.0):
             raise ValueError(f"ASPP: expected 0 <= dropout < 1, got {dropout}")
         branch = ASPPSeparableConv if separable else ASPPConv

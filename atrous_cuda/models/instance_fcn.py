@@ -19,6 +19,7 @@ from torch import nn
 
 from .._assemble_ops import _pair, instance_assemble
 from ..modules import AtrousConv2d
+from ._validate import check_int, check_ints
 
 __all__ = ["InstanceAssembler", "InstanceFCN", "InstanceFCNOutput", "instance_assemble"]
 
@@ -105,7 +106,11 @@ class InstanceFCN(nn.Module):
                  trunk_widths: Sequence[int] = (32, 64, 128), trunk_dilations: Sequence[int] = (2, 4),
                  branch_channels: int = 512):
         super().__init__()
+        check_int("InstanceFCN", "in_channels", in_channels)
+        check_int("InstanceFCN", "branch_channels", branch_channels)
         if backbone is None:
+            trunk_widths = check_ints("InstanceFCN", "trunk_widths", trunk_widths)
+            trunk_dilations = check_ints("InstanceFCN", "trunk_dilations", trunk_dilations, allow_empty=True)
             if backbone_channels is not None:
                 raise ValueError("InstanceFCN: backbone_channels is only meaningful with a backbone")
             self.backbone, channels = atrous_trunk(in_channels, trunk_widths, trunk_dilations)

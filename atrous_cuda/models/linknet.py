@@ -16,6 +16,7 @@ from typing import Sequence
 from torch import nn
 
 from ..modules import AtrousConv2d, AtrousConvTranspose2d
+from ._validate import check_int, check_ints
 from .backbone import DilatedResNet
 
 __all__ = ["LinkNet", "LinkNetDecoderBlock"]
@@ -68,6 +69,9 @@ class LinkNet(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, layers: Sequence[int] = (2, 2, 2, 2), width: int = 64,
                  output_stride: int = 32):
         super().__init__()
+        check_int("LinkNet", "num_classes", num_classes)
+        # The last decoder stage has width // 2 channels.
+        check_int("LinkNet", "width (the final decoder stage has width // 2 channels)", width, minimum=2)
         self.encoder = DilatedResNet("basic", layers, output_stride=output_stride, in_channels=in_channels,
                                      width=width)
         widths = [width, width * 2, width * 4, width * 8]

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..functional import atrous_conv1d
 from ..modules import AtrousConv1d
+from ._validate import check_int, check_ints
 
 __all__ = ["WaveNet", "WaveNetBlock"]
 
@@ -81,11 +82,11 @@ class WaveNet(nn.Module):
                  skip_channels: int = 64, dilations: Sequence[int] = tuple(2 ** i for i in range(10)),
                  stacks: int = 2, kernel_size: int = 2):
         super().__init__()
-        if stacks < 1 or len(dilations) == 0:
-            raise ValueError(f"WaveNet: expected stacks >= 1 and at least one dilation, got stacks={stacks}, "
-                             f"dilations={tuple(dilations)}")
-        if kernel_size < 1:
-            raise ValueError(f"WaveNet: expected kernel_size >= 1, got {kernel_size}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("residual_channels", residual_channels), ("gate_channels", gate_channels),
+                            ("skip_channels", skip_channels), ("stacks", stacks), ("kernel_size", kernel_size)):
+            check_int("WaveNet", name, value)
+        dilations = check_ints("WaveNet", "dilations", dilations)
         self.in_channels = in_channels
         self.residual_channels = residual_channels
         self.input_conv = AtrousConv1d(in_channels, residual_channels, 1)
