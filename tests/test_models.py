@@ -547,3 +547,40 @@ def test_model_constructors_reject_invalid_arguments_naming_them(case):
     build, message = _invalid_constructor_calls()[case]
     with pytest.raises(ValueError, match=message):
         build()
+
+
+# ------------------------------------------------------------- WaveNet state --
+
+def test_wavenet_step_follows_the_model_when_it_is_cast_after_reset_state():
+    # reset_state in float32, then model.double(): the cache follows the parameters (no
+    # dtype error inside step) and generation still equals forward, now in float64.
+    model = _small_wavenet(2, (1, 2, 4)).float()
+    x = seeded_randn((2, 2, 9), dtype=torch.float64)
+    model.reset_state(2)
+    first = model.step(x[:, :, 0].float())
+    model.double()
+    rest = [model.step(x[:, :, t]) for t in range(1, 9)]
+    assert all(r.dtype == torch.float64 for r in rest)
+    assert all(b.dtype == torch.float64 for b in model._buffers_state)
+    full = model(x)
+    # Step 0 ran in float32 and its cached block inputs were rounded to float32, then
+    # widened: every later step matches the float64 forward to float32 accuracy.
+    torch.testing.assert_close(first.double(), full[:, :, 0], rtol=1e-5, atol=1e-5)
+    steps = torch.stack(rest, dim=2)
+    torch.testing.assert_close(steps, full[:, :, 1:], rtol=1e-5, atol=1e-5)
+    # And a fresh reset_state in float64 gives forward bitwise, as before any cast.
+    model.reset_state(2)
+    assert torch.equal(torch.stack([model.step(x[:, :, t]) for t in range(9)], dim=2), full)
+
+
+def test_wavenet_step_rejects_x_t_of_another_dtype_naming_x_t():
+    model = _small_wavenet()
+    model.reset_state(2)
+    with pytest.raises(TypeError, match=r"expected x_t of dtype torch.float64 on cpu .*got torch.float32 on cpu"):
+        model.step(torch.zeros(2, 2, dtype=torch.float32))
+    with pytest.raises(TypeError, match="expected x_t to be a tensor, got list"):
+        model.step([[0.0, 0.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"expected x_t of size \(2, 2\), got \(3, 2\)"):
+        model.step(torch.zeros(3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="expected batch_size to be an int >= 1, got 0"):
+        model.reset_state(0)

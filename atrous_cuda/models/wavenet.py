@@ -115,6 +115,7 @@ class WaveNet(nn.Module):
 
     def reset_state(self, batch_size: int):
         """Starts a new sequence of `step` calls for batch_size sequences (all past inputs zero)."""
+        check_int("WaveNet.reset_state", "batch_size", batch_size)
         p = self.input_conv.weight
         self._buffers_state = [p.new_zeros(batch_size, self.residual_channels, b.history) for b in self.blocks]
         self._t = 0
@@ -124,13 +125,25 @@ class WaveNet(nn.Module):
         """One time step: x_t (N, in_channels) -> output at that step (N, out_channels).
 
         Equal to forward(x)[:, :, t] for the t-th call since reset_state.
-        Runs without autograd (generation).
+        Runs without autograd (generation). x_t must have the dtype and device
+        of the model's parameters; the step cache follows the model if it is
+        moved or cast (model.to(...)) between reset_state and step.
         """
         if self._buffers_state is None:
             raise RuntimeError("WaveNet.step: call reset_state(batch_size) first")
+        if not isinstance(x_t, torch.Tensor):
+            raise TypeError(f"WaveNet.step: expected x_t to be a tensor, got {type(x_t).__name__}")
         n = self._buffers_state[0].shape[0]
         if x_t.dim() != 2 or x_t.shape != (n, self.in_channels):
             raise ValueError(f"WaveNet.step: expected x_t of size ({n}, {self.in_channels}), got {tuple(x_t.shape)}")
+        p = self.input_conv.weight
+        if x_t.dtype != p.dtype or x_t.device != p.device:
+            raise TypeError(f"WaveNet.step: expected x_t of dtype {p.dtype} on {p.device} (the model's parameters), "
+                            f"got {x_t.dtype} on {x_t.device}")
+        if self._buffers_state[0].dtype != p.dtype or self._buffers_state[0].device != p.device:
+            # The model was moved (model.to(...)) since reset_state: the cache follows it,
+            # keeping the past inputs it holds (converted like the parameters were).
+            self._buffers_state = [b.to(device=p.device, dtype=p.dtype) for b in self._buffers_state]
         h = self.input_conv(x_t.unsqueeze(2))
         skips = 0
         for block, buffer in zip(self.blocks, self._buffers_state):
