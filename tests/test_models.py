@@ -430,9 +430,22 @@ def _tiny_scriptable_models():
                                                           dtype=torch.float64))),
         "wavenet": (lambda: WaveNet(2, 3, residual_channels=4, gate_channels=4, skip_channels=4,
                                     dilations=(1, 2, 4), stacks=2, kernel_size=3), (randn(2, 2, 20),)),
-        # AtrousFCN and LinkNet contain an AtrousConvTranspose2d, whose TorchScript support is being fixed
-        # on another branch (atrous_cuda/modules.py); they are added here once that branch is merged.
+        "atrous_fcn": (lambda: AtrousFCN(3, widths=(4, 8), rates=(2,), convs_per_stage=1), (randn(1, 3, 16, 16),)),
+        "linknet": (lambda: LinkNet(3, layers=(1, 1, 1, 1), width=4, output_stride=16), (randn(1, 3, 32, 32),)),
     }
+
+
+# AtrousFCN and LinkNet contain an AtrousConvTranspose2d, whose TorchScript support is fixed on another
+# branch (atrous_cuda/modules.py); drop these skips once that branch is merged. LinkNet also needs its
+# own change then (see its docstring): linknet._transposed_to takes the conv module as a value.
+_NEEDS_TRANSPOSED_CONV_SCRIPT = {"atrous_fcn", "linknet"}
+
+
+def _script_case(name):
+    if name in _NEEDS_TRANSPOSED_CONV_SCRIPT:
+        return pytest.param(name, marks=pytest.mark.skip(
+            reason="AtrousConvTranspose2d is not TorchScript-able on this branch (fixed on the transposed-conv branch)"))
+    return name
 
 
 def _flatten_outputs(out):
@@ -443,7 +456,8 @@ def _flatten_outputs(out):
     return [t for item in out for t in _flatten_outputs(item)]
 
 
-@pytest.mark.parametrize("name", sorted(_tiny_scriptable_models()))
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("name", [_script_case(n) for n in sorted(_tiny_scriptable_models())])
 def test_models_script_and_the_scripted_model_equals_eager_in_float64(name):
     factory, inputs = _tiny_scriptable_models()[name]
     torch.manual_seed(0)
@@ -457,6 +471,7 @@ def test_models_script_and_the_scripted_model_equals_eager_in_float64(name):
         torch.testing.assert_close(s, e, rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_scripted_aspp_trains_at_batch_size_one_like_eager():
     # The image-pooling BN (SingleValueBatchNorm2d) takes its running-statistics path when scripted too.
     torch.manual_seed(0)

@@ -64,6 +64,12 @@ class LinkNet(nn.Module):
     """LinkNet(num_classes, in_channels=3, layers=(2, 2, 2, 2), width=64, output_stride=32).
 
     width=64 and layers=(2, 2, 2, 2) is the paper's ResNet-18 encoder.
+
+    Not TorchScript-able yet: AtrousConvTranspose2d is not (fixed on the
+    transposed-conv branch), and this module passes a conv module as a value to
+    `_transposed_to` and gives LinkNetDecoderBlock.up one of two module types
+    (TorchScript compiles both branches of `if self.upsample`); both are to be
+    rewritten once the transposed conv scripts, so the result can be tested.
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, layers: Sequence[int] = (2, 2, 2, 2), width: int = 64,
