@@ -135,16 +135,33 @@ def _iou(confusion):
     return (tp / union.clamp(min=1)).tolist()
 
 
-def _train(model, train_x, train_y, iterations, batch_size, seed, lr, label, progress):
-    from tqdm import tqdm
+INSTALL_HINT = "pip install 'atrous_cuda[demo]'"
 
+
+def _require(module, purpose):
+    """Imports an optional dependency of the demo, or raises an ImportError that
+    says what it is for and how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"python -m atrous_cuda demo needs {module} ({purpose}), which is not installed "
+                          f"({e}); install the demo's dependencies with: {INSTALL_HINT}") from e
+
+
+def _train(model, train_x, train_y, iterations, batch_size, seed, lr, label, progress):
     g = torch.Generator().manual_seed(seed)  # same batches for every model
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=iterations, pct_start=0.15)
     model.train()
-    bar = tqdm(range(iterations), desc=label, disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    if progress:
+        tqdm = _require("tqdm", "the progress bar; --no-progress runs without it").tqdm
+        bar = tqdm(range(iterations), desc=label, file=sys.stderr, dynamic_ncols=True)
+    else:
+        bar = None
     order = torch.empty(0, dtype=torch.long)
-    for _ in bar:
+    for _ in (bar if bar is not None else range(iterations)):
         if len(order) < batch_size:
             order = torch.cat([order, torch.randperm(len(train_x), generator=g)])
         batch, order = order[:batch_size], order[batch_size:]
@@ -154,7 +171,8 @@ def _train(model, train_x, train_y, iterations, batch_size, seed, lr, label, pro
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
 
 
 @torch.no_grad()
@@ -165,8 +183,7 @@ def _evaluate(model, images, labels, num_classes):
 
 
 def _plot(path, images, labels, preds_atrous, preds_plain, miou_atrous, miou_plain, rows):
-    import matplotlib
-
+    matplotlib = _require("matplotlib", "the picture demo.png")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
@@ -195,10 +212,58 @@ def _plot(path, images, labels, preds_atrous, preds_plain, miou_atrous, miou_pla
     plt.close(fig)
 
 
-def run_demo(out_dir="docs", iterations=400, batch_size=16, size=64, channels=32, train_images=1024,
-             test_images=256, seed=0, lr=4e-3, rows=4, progress=True):
-    """Trains both models, writes demo.png and demo.json to out_dir, returns the results dict."""
+def _mean_std(values):
+    """Mean and sample standard deviation (n - 1 in the denominator; None for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return mean, std
+
+
+def _train_and_evaluate(name, kwargs, seed, data, iterations, batch_size, size, channels, lr, progress):
+    """One seed's run of one model: initialization and batches from `seed`, data made from it."""
     from .receptive_field import gridding_report, receptive_field
+
+    train_x, train_y, test_x, test_y = data
+    torch.manual_seed(seed)  # same initialization for both models: the layers have the same shapes
+    model = SmallDeepLab(len(CLASS_NAMES), channels, **kwargs)
+    start = time.perf_counter()
+    _train(model, train_x, train_y, iterations, batch_size, seed, lr, f"{name} seed {seed}", progress)
+    seconds = time.perf_counter() - start
+    preds, iou = _evaluate(model, test_x, test_y, len(CLASS_NAMES))
+    # The field through the convs: the stem, the blocks and the largest-rate ASPP
+    # branch (the image-pooling branch sees the whole image in both models).
+    field_rows = receptive_field(model, (1, 3, size, size))
+    widest_branch = f"aspp.convs.{len(kwargs['rates'])}.0"
+    conv_field = next(r["size"][0] for r in field_rows if r["name"] == widest_branch)
+    result = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dilations": kwargs,
+        "train_seconds": round(seconds, 1),
+        "iou": [round(v, 4) for v in iou],
+        "miou": round(sum(iou) / len(iou), 4),
+        "conv_receptive_field_px": conv_field,
+        "block_rates_holes": len(gridding_report([d for b in kwargs["block_dilations"] for d in b]).holes),
+    }
+    return result, preds
+
+
+def run_demo(out_dir="docs", iterations=400, batch_size=16, size=64, channels=32, train_images=1024,
+             test_images=256, seed=0, lr=4e-3, rows=4, progress=True, seeds=1):
+    """Trains both models for seeds seed, seed+1, ..., seed+seeds-1 (each seed draws
+    its own data, initialization and batches), writes demo.png (the first seed's
+    predictions) and demo.json to out_dir, returns the results dict.
+
+    results[model] holds the first seed's run (the pictured one) and, under
+    "over_seeds", every seed's mIoU and per-class IoU with their mean and sample
+    standard deviation (None for a single seed).
+    """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"run_demo: expected seeds to be an int >= 1, got {seeds!r}")
+    # Fail before minutes of training, not after.
+    _require("matplotlib", "the picture demo.png")
+    if progress:
+        _require("tqdm", "the progress bar; --no-progress runs without it")
 
     os.makedirs(out_dir, exist_ok=True)
     models = {
@@ -206,36 +271,41 @@ def run_demo(out_dir="docs", iterations=400, batch_size=16, size=64, channels=32
         "atrous": dict(block_dilations=((1, 2), (5, 9)), rates=(3, 6, 9)),
         "dilation_1": dict(block_dilations=((1, 1), (1, 1)), rates=(1, 1, 1)),
     }
-    train_x, train_y = make_batch(train_images, size, torch.Generator().manual_seed(seed))
-    test_x, test_y = make_batch(test_images, size, torch.Generator().manual_seed(seed + 1_000_003))
     results = {"config": dict(iterations=iterations, batch_size=batch_size, size=size, channels=channels,
-                              train_images=train_images, test_images=test_images, seed=seed, lr=lr,
+                              train_images=train_images, test_images=test_images, seed=seed, seeds=seeds, lr=lr,
                               threads=torch.get_num_threads()),
                "classes": list(CLASS_NAMES)}
-    preds = {}
-    for name, kwargs in models.items():
-        torch.manual_seed(seed)  # same initialization: the layers have the same shapes
-        model = SmallDeepLab(len(CLASS_NAMES), channels, **kwargs)
-        start = time.perf_counter()
-        _train(model, train_x, train_y, iterations, batch_size, seed, lr, name, progress)
-        seconds = time.perf_counter() - start
-        preds[name], iou = _evaluate(model, test_x, test_y, len(CLASS_NAMES))
-        # The field through the convs: the stem, the blocks and the largest-rate ASPP
-        # branch (the image-pooling branch sees the whole image in both models).
-        field_rows = receptive_field(model, (1, 3, size, size))
-        widest_branch = f"aspp.convs.{len(kwargs['rates'])}.0"
-        conv_field = next(r["size"][0] for r in field_rows if r["name"] == widest_branch)
-        results[name] = {
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "dilations": kwargs,
-            "train_seconds": round(seconds, 1),
-            "iou": [round(v, 4) for v in iou],
-            "miou": round(sum(iou) / len(iou), 4),
-            "conv_receptive_field_px": conv_field,
-            "block_rates_holes": len(gridding_report([d for b in kwargs["block_dilations"] for d in b]).holes),
+    runs = {name: [] for name in models}
+    pictured = {}
+    for s in range(seed, seed + seeds):
+        data = (*make_batch(train_images, size, torch.Generator().manual_seed(s)),
+                *make_batch(test_images, size, torch.Generator().manual_seed(s + 1_000_003)))
+        for name, kwargs in models.items():
+            result, preds = _train_and_evaluate(name, kwargs, s, data, iterations, batch_size, size, channels, lr,
+                                                progress)
+            runs[name].append(result)
+            if s == seed:
+                pictured[name] = preds
+                pictured["test"] = data[2:]
+    for name in models:
+        first = dict(runs[name][0])
+        mious = [r["miou"] for r in runs[name]]
+        per_class = list(zip(*[r["iou"] for r in runs[name]]))  # per class, one value per seed
+        miou_mean, miou_std = _mean_std(mious)
+        class_stats = [_mean_std(list(v)) for v in per_class]
+        first["over_seeds"] = {
+            "seeds": list(range(seed, seed + seeds)),
+            "miou": mious,
+            "iou": [r["iou"] for r in runs[name]],
+            "miou_mean": round(miou_mean, 4),
+            "miou_std": None if miou_std is None else round(miou_std, 4),
+            "iou_mean": [round(m, 4) for m, _ in class_stats],
+            "iou_std": [None if sd is None else round(sd, 4) for _, sd in class_stats],
         }
+        results[name] = first
+    test_x, test_y = pictured["test"]
     out_png = os.path.join(out_dir, "demo.png")
-    _plot(out_png, test_x, test_y, preds["atrous"], preds["dilation_1"], results["atrous"]["miou"],
+    _plot(out_png, test_x, test_y, pictured["atrous"], pictured["dilation_1"], results["atrous"]["miou"],
           results["dilation_1"]["miou"], min(rows, test_images))
     with open(os.path.join(out_dir, "demo.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -252,21 +322,36 @@ def main(argv=None):
     p.add_argument("--train-images", type=int, default=1024)
     p.add_argument("--test-images", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train both models for seeds seed .. seed+N-1 and report mean and std (default: 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (and no need for tqdm)")
     args = p.parse_args(argv)
-    for name in ("iterations", "batch_size", "size", "channels", "train_images", "test_images"):
+    for name in ("iterations", "batch_size", "size", "channels", "train_images", "test_images", "seeds"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.size < 8 or args.size % 4:
         p.error(f"--size must be a multiple of 4 and >= 8, got {args.size}")
     start = time.perf_counter()
-    results = run_demo(args.out_dir, args.iterations, args.batch_size, args.size, args.channels, args.train_images,
-                       args.test_images, args.seed, progress=not args.no_progress)
+    try:
+        results = run_demo(args.out_dir, args.iterations, args.batch_size, args.size, args.channels,
+                           args.train_images, args.test_images, args.seed, progress=not args.no_progress,
+                           seeds=args.seeds)
+    except ImportError as e:
+        if INSTALL_HINT not in str(e):
+            raise
+        print(e, file=sys.stderr)
+        return 1
     for name in ("atrous", "dilation_1"):
         r = results[name]
         ious = ", ".join(f"{c} {v:.3f}" for c, v in zip(CLASS_NAMES, r["iou"]))
         print(f"{name:>10}: mIoU {r['miou']:.3f} ({ious}); {r['parameters']} parameters; "
               f"receptive field through the convs {r['conv_receptive_field_px']} px; trained in {r['train_seconds']} s")
+    if args.seeds > 1:
+        print(f"over {args.seeds} seeds ({args.seed}..{args.seed + args.seeds - 1}), mean +- sample std:")
+        for name in ("atrous", "dilation_1"):
+            o = results[name]["over_seeds"]
+            ious = ", ".join(f"{c} {m:.3f} +- {sd:.3f}" for c, m, sd in zip(CLASS_NAMES, o["iou_mean"], o["iou_std"]))
+            print(f"{name:>10}: mIoU {o['miou_mean']:.3f} +- {o['miou_std']:.3f} ({ious})")
     print(f"wrote {os.path.join(args.out_dir, 'demo.png')} and {os.path.join(args.out_dir, 'demo.json')} "
           f"in {time.perf_counter() - start:.0f} s")
     return 0

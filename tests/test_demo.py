@@ -2,7 +2,10 @@
 models, writes the picture and the numbers, is reproducible, and its data has
 the properties the comparison relies on."""
 import json
+import math
+import sys
 
+import pytest
 import torch
 
 from atrous_cuda.__main__ import main as cli_main
@@ -63,3 +66,66 @@ def test_same_parameters_with_and_without_dilation():
     assert [p.shape for p in atrous.parameters()] == [p.shape for p in plain.parameters()]
     x = torch.randn(2, 3, 32, 32)
     assert atrous(x).shape == plain(x).shape == (2, 3, 32, 32)
+
+
+def test_demo_over_two_seeds_reports_mean_and_sample_std(tmp_path):
+    results = run_demo(str(tmp_path / "two"), seeds=2, **TINY)
+    single = run_demo(str(tmp_path / "one"), **TINY)
+    for name in ("atrous", "dilation_1"):
+        over = results[name]["over_seeds"]
+        assert over["seeds"] == [0, 1] and len(over["miou"]) == 2 and len(over["iou"]) == 2
+        # The first seed is the pictured run, the same as a single-seed run.
+        assert over["miou"][0] == results[name]["miou"] == single[name]["miou"]
+        assert over["iou"][0] == results[name]["iou"] == single[name]["iou"]
+        a, b = over["miou"]
+        # Two values: mean (a+b)/2, sample std |a-b|/sqrt(2).
+        assert abs(over["miou_mean"] - (a + b) / 2) <= 1e-4
+        assert abs(over["miou_std"] - abs(a - b) / math.sqrt(2)) <= 1e-4
+        for c in range(3):
+            x, y = over["iou"][0][c], over["iou"][1][c]
+            assert abs(over["iou_mean"][c] - (x + y) / 2) <= 1e-4
+            assert abs(over["iou_std"][c] - abs(x - y) / math.sqrt(2)) <= 1e-4
+        assert single[name]["over_seeds"]["miou_std"] is None  # one value has no sample std
+    with open(tmp_path / "two" / "demo.json") as f:
+        assert json.load(f)["config"]["seeds"] == 2
+
+
+def test_demo_command_line_prints_the_spread_over_seeds(tmp_path, capsys):
+    assert cli_main(["demo", "--out-dir", str(tmp_path), "--iterations", "1", "--batch-size", "2", "--size", "32",
+                     "--channels", "8", "--train-images", "4", "--test-images", "2", "--no-progress",
+                     "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "over 2 seeds (0..1), mean +- sample std:" in out and out.count("+-") >= 2 * 4
+
+
+def test_demo_rejects_zero_seeds(tmp_path):
+    with pytest.raises(ValueError, match="expected seeds to be an int >= 1, got 0"):
+        run_demo(str(tmp_path), seeds=0, **TINY)
+
+
+def test_demo_runs_without_tqdm_under_no_progress(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` now raises ImportError
+    results = run_demo(str(tmp_path), **TINY)  # TINY has progress=False
+    assert "miou" in results["atrous"]
+    with pytest.raises(ImportError, match=r"needs tqdm \(the progress bar; --no-progress runs without it\).*"
+                                          r"pip install 'atrous_cuda\[demo\]'"):
+        run_demo(str(tmp_path), **{**TINY, "progress": True})
+
+
+def test_demo_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert cli_main(["demo", "--out-dir", str(tmp_path), "--iterations", "1", "--batch-size", "2", "--size", "32",
+                     "--channels", "8", "--train-images", "4", "--test-images", "2", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "needs matplotlib (the picture demo.png)" in err and "pip install 'atrous_cuda[demo]'" in err
+    assert not (tmp_path / "demo.json").exists()  # it stopped before training
+
+
+def test_pyproject_declares_the_demo_extra():
+    import pathlib
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib (the TOML parser) is in the standard library from Python 3.11")
+    project = tomllib.loads((pathlib.Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert set(extras["demo"]) == {"matplotlib", "tqdm"}
+    assert {"torchvision", "matplotlib", "tqdm"} <= set(extras["test"])

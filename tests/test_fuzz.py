@@ -13,10 +13,25 @@ tensors). Every call must end one of three ways:
 A crash (segfault, abort) ends the test run. CI draws FUZZ_EXAMPLES examples
 (derandomized, so every run is the same); ATROUS_FUZZ_EXAMPLES=N draws N
 random ones for a long run.
+
+The instance-assembling ops (instance_assemble, fcis_assemble) are fuzzed the
+same way against the plain-torch float64 references of test_assemble.py:
+every call either matches the reference or raises a clear error whose
+message starts with the op's name, exactly when the arguments are invalid.
+
+Wall clock: each example has a hypothesis deadline (EXAMPLE_DEADLINE), and
+the file has a budget (FUZZ_BUDGET_S, from the file's first test;
+ATROUS_FUZZ_BUDGET_S changes it): once spent, the remaining examples of a fuzz test are drawn but
+not run, counted, and reported in a warning (never silently). The default
+budget is far above the file's normal runtime, so CI checks every example.
 """
 import collections
+import datetime
 import math
 import os
+import sys
+import time
+import warnings
 
 import pytest
 import torch
@@ -29,10 +44,44 @@ pytest.importorskip("hypothesis", reason="hypothesis is not installed (pip insta
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from test_assemble import ref_fcis_assemble, ref_instance_assemble  # noqa: E402
+
 LONG_RUN = int(os.environ.get("ATROUS_FUZZ_EXAMPLES", "0"))
+# Generous: an example takes milliseconds; a loaded CI machine must not make it flaky.
+EXAMPLE_DEADLINE = datetime.timedelta(seconds=5)
+# The file normally runs in about 15 s on a loaded 2-core machine.
+FUZZ_BUDGET_S = float(os.environ.get("ATROUS_FUZZ_BUDGET_S", "0")) or (None if LONG_RUN else 25.0)
+_FILE_CLOCK = {"start": None}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _start_file_clock():
+    # From this file's first test, not from import: pytest imports every test file before running any.
+    _FILE_CLOCK["start"] = time.monotonic()
+
+
+def _budget_spent():
+    return FUZZ_BUDGET_S is not None and time.monotonic() - _FILE_CLOCK["start"] > FUZZ_BUDGET_S
+
+
+def _run_within_budget(check, outcomes):
+    """Runs check() unless the file's time budget is spent; counts what happened."""
+    if _budget_spent():
+        outcomes["not run (time budget spent)"] += 1
+        return
+    outcomes[check()] += 1
+
+
+def _report_budget(outcomes, name):
+    skipped = outcomes.pop("not run (time budget spent)", 0)
+    if skipped:
+        warnings.warn(f"{name}: {skipped} examples not run, the fuzz time budget of {FUZZ_BUDGET_S} s was spent")
+    return skipped
+
+
 FUZZ_SETTINGS = settings(
     max_examples=LONG_RUN or 300,
-    deadline=None,
+    deadline=EXAMPLE_DEADLINE,
     derandomize=not LONG_RUN,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -230,6 +279,10 @@ DELIBERATE_DIFFERENCES = {
                     "torch", "torch returns an empty batch before checking the other arguments; we check them"),
     "devices_differ": (lambda c, x, w, b: len({t.device for t in (x, w, b) if t is not None}) > 1,
                        "torch", "with a meta weight and a CPU input torch returns uninitialized memory; we raise"),
+    "bias_dtype_with_string_padding": (
+        lambda c, x, w, b: isinstance(c["padding"], str) and b is not None and b.dtype != x.dtype,
+        "torch", "torch's padding='same'/'valid' path skips the bias dtype check that its integer-padding path "
+        "makes (F.conv2d of float64 input, float32 bias, padding='same' returns float64); we raise either way"),
     "empty_spatial_input": (lambda c, x, w, b: _zero_size_spatial(x, c["ndim"]),
                             "ours", "torch refuses a zero-size spatial input even when padding makes the "
                             "padded input large enough; we convolve the padded input (bias only), as F.pad + F.conv would"),
@@ -284,13 +337,182 @@ def test_fuzz_matches_torch_or_raises_clear_error():
     @FUZZ_SETTINGS
     @given(fuzz_cases())
     def run(case):
-        outcomes[_check_case(case)] += 1
+        _run_within_budget(lambda: _check_case(case), outcomes)
 
     run()
+    if _report_budget(outcomes, "conv fuzz"):
+        return
     # The strategy reaches every outcome, and a good share of valid calls, so
     # the test cannot pass by raising everywhere.
     assert set(outcomes) == {"agree", "both_raise", "deliberate"}, outcomes
     assert outcomes["agree"] >= 0.3 * sum(outcomes.values()), outcomes
+
+
+def test_time_budget_stops_running_examples_and_says_so(monkeypatch):
+    outcomes = collections.Counter()
+    monkeypatch.setattr(sys.modules[__name__], "FUZZ_BUDGET_S", 1e9)
+    _run_within_budget(lambda: "agree", outcomes)
+    monkeypatch.setattr(sys.modules[__name__], "FUZZ_BUDGET_S", 0.0)  # spent from the start
+    ran = []
+    _run_within_budget(lambda: ran.append(1) or "agree", outcomes)
+    assert ran == [] and outcomes == {"agree": 1, "not run (time budget spent)": 1}
+    with pytest.warns(UserWarning, match="1 examples not run, the fuzz time budget of 0.0 s was spent"):
+        assert _report_budget(outcomes, "demo") == 1
+    assert outcomes == {"agree": 1}
+
+
+# ------------------------------------------------------- assembling ops --
+
+ASSEMBLE_SETTINGS = settings(FUZZ_SETTINGS, max_examples=LONG_RUN or 150)
+
+# window_stride values and whether each is valid
+STRIDES = [(1, True), (2, True), (3, True), ((1, 2), True), ((2, 1), True), ((3, 3), True), (0, False), (-1, False),
+           ((0, 1), False), ((1, -2), False), (1.5, False), ((1, 2, 3), False), (True, False), ("1", False)]
+
+
+@st.composite
+def instance_cases(draw):
+    n, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    # Each argument is valid most of the time, so about a third of the calls are valid.
+    k = draw(st.sampled_from([1, 1, 2, 2, 3, 3, 0]))
+    m = draw(st.integers(k, 7)) if draw(st.integers(0, 5)) else draw(st.integers(0, max(k - 1, 0)))
+    extra_channel = draw(st.sampled_from([0] * 7 + [1]))
+    stride, stride_ok = draw(st.sampled_from(STRIDES[:6] * 3 + STRIDES[6:]))
+    centers_kind = draw(st.sampled_from(["none"] * 5 + ["valid"] * 4 + ["int32", "row_out_of_range",
+                                         "batch_out_of_range", "negative", "float", "bool", "shape", "list"]))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    scores = torch.randn(n, k * k + extra_channel, h, w, generator=gen, dtype=torch.float64)
+    valid = k >= 1 and m >= k and extra_channel == 0 and stride_ok
+    centers = None
+    if centers_kind != "none":
+        sh, sw = (stride, stride) if not isinstance(stride, tuple) else (stride + (1, 1))[:2]
+        gh, gw = (h - 1) // max(int(sh), 1) + 1, (w - 1) // max(int(sw), 1) + 1
+        p = draw(st.integers(0, 4))
+        centers = torch.stack([torch.randint(0, n, (p,), generator=gen), torch.randint(0, gh, (p,), generator=gen),
+                               torch.randint(0, gw, (p,), generator=gen)], dim=1)
+        if centers_kind == "int32":
+            centers = centers.int()
+        elif centers_kind == "row_out_of_range" and p:
+            centers[0, 1] = gh
+        elif centers_kind == "batch_out_of_range" and p:
+            centers[-1, 0] = n
+        elif centers_kind == "negative" and p:
+            centers[0, 2] = -1
+        elif centers_kind == "float":
+            centers = centers.double()
+        elif centers_kind == "bool":
+            centers = centers.bool()
+        elif centers_kind == "shape":
+            centers = centers[:, :2]
+        elif centers_kind == "list":
+            centers = centers.tolist()
+        # An out-of-range index needs a row to put it in; the wrong dtypes, shapes and types are wrong even empty.
+        centers_ok = centers_kind in ("valid", "int32") or (
+            centers_kind in ("row_out_of_range", "batch_out_of_range", "negative") and p == 0)
+        valid = valid and centers_ok
+    return dict(scores=scores, k=k, m=m, stride=stride, centers=centers, valid=valid)
+
+
+def _clear_assemble_error(name, error):
+    return isinstance(error, (ValueError, TypeError, RuntimeError)) and str(error).startswith(f"{name}: ")
+
+
+def _check_instance_case(case):
+    scores, k, m, stride, centers = case["scores"], case["k"], case["m"], case["stride"], case["centers"]
+    out, error = _attempt(lambda: atrous_cuda.instance_assemble(scores, k, m, stride, centers))
+    if not case["valid"]:
+        assert error is not None, f"invalid arguments accepted: k={k}, m={m}, stride={stride!r}, centers={centers!r}"
+        assert _clear_assemble_error("instance_assemble", error), f"unclear error {type(error).__name__}: {error}"
+        return "raises"
+    assert error is None, f"valid arguments refused: {error!r}"
+    pair = (stride, stride) if isinstance(stride, int) else stride
+    expected = ref_instance_assemble(scores, k, m, pair, None if centers is None else centers.long())
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)  # a copy: exact
+    return "agree"
+
+
+def test_instance_assemble_fuzz_matches_reference_or_raises_clear_error():
+    outcomes = collections.Counter()
+
+    @ASSEMBLE_SETTINGS
+    @given(instance_cases())
+    def run(case):
+        _run_within_budget(lambda: _check_instance_case(case), outcomes)
+
+    run()
+    if _report_budget(outcomes, "instance_assemble fuzz"):
+        return
+    assert set(outcomes) == {"agree", "raises"}, outcomes
+    assert outcomes["agree"] >= 0.2 * sum(outcomes.values()), outcomes
+
+
+# spatial_scale values and whether each is valid
+SCALES = [(1.0, True), (0.5, True), (0.25, True), (2, True), (0.0, False), (-0.5, False), (math.nan, False),
+          (math.inf, False), (True, False), ("1", False)]
+
+
+@st.composite
+def fcis_cases(draw):
+    n, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    # Each argument is valid most of the time, so about a third of the calls are valid.
+    k, classes = draw(st.sampled_from([1, 1, 2, 2, 3, 3, 0])), draw(st.integers(1, 2))
+    size = draw(st.integers(k, 6)) if draw(st.integers(0, 5)) else draw(st.integers(0, max(k - 1, 0)))
+    extra_channel = draw(st.sampled_from([0] * 7 + [1]))
+    scale, scale_ok = draw(st.sampled_from(SCALES[:4] * 3 + SCALES[4:]))
+    rois_kind = draw(st.sampled_from(["valid"] * 8 + ["float32", "batch_out_of_range", "batch_fraction",
+                                                      "shape", "rank"]))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    maps = torch.randn(n, 2 * k * k * classes + extra_channel, h, w, generator=gen, dtype=torch.float64)
+    r = draw(st.integers(0, 3))
+    img_scale = scale if scale_ok else 1.0
+    # Boxes in image coordinates, some past the border (as random_rois in test_assemble.py).
+    xy = torch.rand(r, 2, 2, generator=gen, dtype=torch.float64) * 1.3 - 0.15
+    xs, ys = xy[:, 0] * w / img_scale, xy[:, 1] * h / img_scale
+    batch = torch.randint(0, n, (r,), generator=gen).double()
+    rois = torch.stack([batch, xs.min(1).values, ys.min(1).values, xs.max(1).values, ys.max(1).values], dim=1)
+    rois_ok = True
+    if rois_kind == "float32":
+        rois = rois.float()
+    elif rois_kind == "batch_out_of_range" and r:
+        rois[0, 0], rois_ok = n, False
+    elif rois_kind == "batch_fraction" and r:
+        rois[-1, 0], rois_ok = 0.5, False
+    elif rois_kind == "shape":
+        rois, rois_ok = rois[:, :4], False
+    elif rois_kind == "rank":
+        rois, rois_ok = rois.reshape(-1), False
+    channels_ok = extra_channel == 0 and k >= 1
+    valid = k >= 1 and size >= k and channels_ok and rois_ok and scale_ok
+    return dict(maps=maps, rois=rois, k=k, size=size, scale=scale, valid=valid)
+
+
+def _check_fcis_case(case):
+    maps, rois, k, size, scale = case["maps"], case["rois"], case["k"], case["size"], case["scale"]
+    out, error = _attempt(lambda: atrous_cuda.fcis_assemble(maps, rois, k, size, scale))
+    if not case["valid"]:
+        assert error is not None, f"invalid arguments accepted: k={k}, size={size}, scale={scale!r}, rois={rois!r}"
+        assert _clear_assemble_error("fcis_assemble", error), f"unclear error {type(error).__name__}: {error}"
+        return "raises"
+    assert error is None, f"valid arguments refused: {error!r}"
+    expected = ref_fcis_assemble(maps, rois, k, size, float(scale))
+    for ours, ref in zip(out, expected):
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    return "agree"
+
+
+def test_fcis_assemble_fuzz_matches_reference_or_raises_clear_error():
+    outcomes = collections.Counter()
+
+    @ASSEMBLE_SETTINGS
+    @given(fcis_cases())
+    def run(case):
+        _run_within_budget(lambda: _check_fcis_case(case), outcomes)
+
+    run()
+    if _report_budget(outcomes, "fcis_assemble fuzz"):
+        return
+    assert set(outcomes) == {"agree", "raises"}, outcomes
+    assert outcomes["agree"] >= 0.2 * sum(outcomes.values()), outcomes
 
 
 # ----------------------------------------------------------------- NaN/Inf --

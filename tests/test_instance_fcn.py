@@ -22,7 +22,7 @@ def test_instance_assembler_is_parameter_free_and_equals_the_op():
     assert torch.equal(asm(s), instance_assemble(s, 3, 7, window_stride=2))
     centers = torch.tensor([[1, 4, 5], [0, 0, 0]])
     assert torch.equal(asm(s, centers), instance_assemble(s, 3, 7, window_stride=2, centers=centers))
-    assert "k=3, m=7, window_stride=2" in repr(asm)
+    assert "k=3, m=7, window_stride=(2, 2)" in repr(asm)  # stored validated, as (sh, sw)
 
 
 @pytest.mark.parametrize("k, m, pattern", [(0, 3, "k to be an int >= 1"), (3, 2, "m to be an int >= k = 3"),

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modules import AtrousConv2d
+from ._validate import check_int, check_ints
 
 __all__ = ["ASPP", "ASPPConv", "ASPPPooling", "ASPPSeparableConv", "SingleValueBatchNorm2d"]
 
@@ -46,16 +47,39 @@ class SingleValueBatchNorm2d(nn.BatchNorm2d):
     BatchNorm2d, so state_dicts are interchangeable.
     """
 
-    def forward(self, input):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # Written with F.batch_norm in both branches (no super().forward) so that
+        # torch.jit.script compiles it.
+        if input.dim() != 4:
+            raise ValueError(f"SingleValueBatchNorm2d: expected 4-D input, got {input.dim()}-D")
+        running_mean, running_var = self.running_mean, self.running_var
         if self.training and input.numel() == input.shape[1]:
-            if not self.track_running_stats or self.running_mean is None:
+            if not self.track_running_stats or running_mean is None or running_var is None:
                 raise ValueError(
                     "SingleValueBatchNorm2d: a training batch with one value per channel needs running "
-                    f"statistics (track_running_stats=True), got input of size {tuple(input.shape)}"
+                    "statistics (track_running_stats=True), got input of size " + str(input.shape)
                 )
-            return F.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
-                                False, 0.0, self.eps)
-        return super().forward(input)
+            # Normalize as in eval mode; momentum is irrelevant as the statistics are not updated.
+            return F.batch_norm(input, running_mean, running_var, self.weight, self.bias, False, 0.0, self.eps)
+        # Ordinary BatchNorm2d (nn.BatchNorm2d.forward, written out): in training
+        # with running statistics, count the batch and take the momentum
+        # (None means a cumulative moving average, 1 / batches seen).
+        exponential_average_factor = 0.0 if self.momentum is None else self.momentum
+        num_batches_tracked = self.num_batches_tracked
+        if self.training and self.track_running_stats and num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+            if self.momentum is None:
+                exponential_average_factor = 1.0 / float(num_batches_tracked)
+            else:
+                exponential_average_factor = self.momentum
+        # Batch statistics in training, and in eval mode when no running statistics are kept.
+        use_batch_stats = self.training or (running_mean is None and running_var is None)
+        return F.batch_norm(
+            input,
+            running_mean if not self.training or self.track_running_stats else None,
+            running_var if not self.training or self.track_running_stats else None,
+            self.weight, self.bias, use_batch_stats, exponential_average_factor, self.eps,
+        )
 
 
 class ASPPConv(nn.Sequential):
@@ -99,7 +123,9 @@ class ASPPPooling(nn.Sequential):
 
     def forward(self, x):
         size = x.shape[-2:]
-        pooled = super().forward(x)
+        pooled = x
+        for module in self:  # nn.Sequential.forward, written out: TorchScript has no super()
+            pooled = module(pooled)
         # A 1x1 map upsampled bilinearly is a broadcast; interpolate keeps torchvision's graph.
         return F.interpolate(pooled, size=size, mode="bilinear", align_corners=False)
 
@@ -114,9 +140,9 @@ class ASPP(nn.Module):
     def __init__(self, in_channels: int, atrous_rates: Sequence[int], out_channels: int = 256,
                  separable: bool = False, dropout: float = 0.5):
         super().__init__()
-        rates = tuple(atrous_rates)
-        if not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rates):
-            raise ValueError(f"ASPP: expected atrous_rates to be ints >= 1, got {atrous_rates!r}")
+        check_int("ASPP", "in_channels", in_channels)
+        check_int("ASPP", "out_channels", out_channels)
+        rates = check_ints("ASPP", "atrous_rates", atrous_rates, allow_empty=True)
         if not (0.0 <= dropout < 1.0):
             raise ValueError(f"ASPP: expected 0 <= dropout < 1, got {dropout}")
         branch = ASPPSeparableConv if separable else ASPPConv

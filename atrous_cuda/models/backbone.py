@@ -20,6 +20,7 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from ._validate import check_int, check_ints
 from ..modules import AtrousConv2d
 
 __all__ = ["BasicBlock", "Bottleneck", "DilatedResNet", "dilated_resnet18", "dilated_resnet34",
@@ -97,12 +98,11 @@ class DilatedResNet(nn.Module):
             raise ValueError(f"DilatedResNet: expected block 'basic' or 'bottleneck', got {block!r}")
         if output_stride not in (8, 16, 32):
             raise ValueError(f"DilatedResNet: expected output_stride 8, 16 or 32, got {output_stride!r}")
-        if len(layers) != 4 or not all(isinstance(n, int) and n >= 1 for n in layers):
-            raise ValueError(f"DilatedResNet: expected layers to be 4 ints >= 1, got {layers!r}")
-        if multi_grid is not None and (
-            len(multi_grid) == 0 or not all(isinstance(r, int) and r >= 1 for r in multi_grid)
-        ):
-            raise ValueError(f"DilatedResNet: expected multi_grid to be ints >= 1 or None, got {multi_grid!r}")
+        layers = check_ints("DilatedResNet", "layers", layers, length=4)
+        if multi_grid is not None:
+            multi_grid = check_ints("DilatedResNet", "multi_grid (or None)", multi_grid)
+        check_int("DilatedResNet", "in_channels", in_channels)
+        check_int("DilatedResNet", "width", width)
         block_cls = _BLOCKS[block]
         self.output_stride = output_stride
         self.conv1 = AtrousConv2d(in_channels, width, 7, stride=2, padding=3, bias=False)

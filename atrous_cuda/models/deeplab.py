@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modules import AtrousConv2d
+from ._validate import check_int, check_ints
 from .aspp import ASPP
 from .backbone import (DilatedResNet, dilated_resnet18, dilated_resnet34, dilated_resnet50,
                        dilated_resnet101)
@@ -68,6 +69,7 @@ class DeepLabV3(nn.Module):
                  aspp_channels: int = 256, separable: bool = False, in_channels: int = 3, width: int = 64,
                  dropout: float = 0.5):
         super().__init__()
+        check_int("DeepLabV3", "num_classes", num_classes)
         self.backbone = make_backbone(backbone, output_stride, multi_grid, in_channels, width)
         rates = _default_rates(self.backbone.output_stride) if atrous_rates is None else atrous_rates
         self.classifier = DeepLabHead(self.backbone.out_channels, num_classes, rates, aspp_channels, separable,
@@ -93,6 +95,9 @@ class DeepLabV3Plus(nn.Module):
                  aspp_channels: int = 256, separable: bool = True, in_channels: int = 3, width: int = 64,
                  low_level_channels: int = 48, decoder_channels: int = 256, dropout: float = 0.5):
         super().__init__()
+        for name, value in (("num_classes", num_classes), ("aspp_channels", aspp_channels),
+                            ("low_level_channels", low_level_channels), ("decoder_channels", decoder_channels)):
+            check_int("DeepLabV3Plus", name, value)
         self.backbone = make_backbone(backbone, output_stride, multi_grid, in_channels, width)
         rates = _default_rates(self.backbone.output_stride) if atrous_rates is None else atrous_rates
         self.aspp = ASPP(self.backbone.out_channels, rates, aspp_channels, separable=separable, dropout=dropout)

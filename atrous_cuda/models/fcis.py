@@ -11,7 +11,7 @@ channel order), then
     probability sigmoid(inside - outside) that the pixel is in the instance.
 The RoIs are given: there is no region proposal network here.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Tuple
 
 import torch
 from torch import nn
@@ -31,8 +31,8 @@ class FCISScores(NamedTuple):
 def fcis_scores(inside: torch.Tensor, outside: torch.Tensor) -> FCISScores:
     """Detection scores and masks from assembled (R, C+1, P, P) inside/outside maps."""
     if inside.shape != outside.shape or inside.dim() != 4:
-        raise ValueError(f"fcis_scores: expected inside and outside of the same shape (R, C+1, P, P), "
-                         f"got {tuple(inside.shape)} and {tuple(outside.shape)}")
+        raise ValueError("fcis_scores: expected inside and outside of the same shape (R, C+1, P, P), got "
+                         + str(list(inside.shape)) + " and " + str(list(outside.shape)))
     class_logits = torch.maximum(inside, outside).mean(dim=(2, 3))
     # softmax over the pair (inside, outside): e^in / (e^in + e^out) = sigmoid(in - out), stable for any scale.
     return FCISScores(class_logits, torch.softmax(class_logits, dim=1), torch.sigmoid(inside - outside))
@@ -58,13 +58,23 @@ class FCISScoring(nn.Module):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"FCISScoring: expected num_classes (background included) to be an int >= 1, "
                              f"got {num_classes!r}")
+        for name, value in (("in_channels", in_channels), ("group_size", group_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"FCISScoring: expected {name} to be an int >= 1, got {value!r}")
+        if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size < group_size:
+            raise ValueError(f"FCISScoring: expected output_size to be an int >= group_size = {group_size}, "
+                             f"got {output_size!r}")
+        if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, (int, float)) or not spatial_scale > 0:
+            raise ValueError(f"FCISScoring: expected spatial_scale to be a float > 0, got {spatial_scale!r}")
         self.num_classes, self.group_size = num_classes, group_size
-        self.output_size, self.spatial_scale = output_size, spatial_scale
+        self.output_size, self.spatial_scale = output_size, float(spatial_scale)
         self.score_maps = AtrousConv2d(in_channels, 2 * group_size * group_size * num_classes, 1)
 
-    def forward(self, features: torch.Tensor, rois: torch.Tensor):
+    def forward(self, features: torch.Tensor, rois: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, FCISScores]:
         maps = self.score_maps(features)
-        inside, outside = fcis_assemble(maps, rois, self.group_size, self.output_size, self.spatial_scale)
+        # The op itself (arguments validated in __init__), so that forward is TorchScript.
+        inside, outside = torch.ops.atrous.fcis_assemble(maps, rois, self.group_size, self.output_size,
+                                                         self.spatial_scale)
         return inside, outside, fcis_scores(inside, outside)
 
     def extra_repr(self):

@@ -16,6 +16,7 @@ from typing import Sequence
 from torch import nn
 
 from ..modules import AtrousConv2d, AtrousConvTranspose2d
+from ._validate import check_int, check_ints
 
 __all__ = ["AtrousFCN"]
 
@@ -37,10 +38,11 @@ class AtrousFCN(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, widths: Sequence[int] = (64, 128, 256),
                  rates: Sequence[int] = (2, 4), convs_per_stage: int = 2):
         super().__init__()
-        if len(widths) == 0:
-            raise ValueError(f"AtrousFCN: expected at least one encoder width, got {widths!r}")
-        if convs_per_stage < 1:
-            raise ValueError(f"AtrousFCN: expected convs_per_stage >= 1, got {convs_per_stage}")
+        check_int("AtrousFCN", "num_classes", num_classes)
+        check_int("AtrousFCN", "in_channels", in_channels)
+        widths = check_ints("AtrousFCN", "widths", widths)
+        rates = check_ints("AtrousFCN", "rates", rates, allow_empty=True)
+        check_int("AtrousFCN", "convs_per_stage", convs_per_stage)
         stages, channels = [], in_channels
         for width in widths:
             convs = [_conv_bn_relu(channels if i == 0 else width, width) for i in range(convs_per_stage)]

@@ -12,13 +12,14 @@ selected one) by copying, for each cell of the window's k x k grid, the
 cell's own score map (atrous::instance_assemble, see csrc/assemble_index.h).
 Every convolution is an atrous_cuda.AtrousConv2d.
 """
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from .._assemble_ops import instance_assemble
+from .._assemble_ops import _pair, instance_assemble
 from ..modules import AtrousConv2d
+from ._validate import check_int, check_ints
 
 __all__ = ["InstanceAssembler", "InstanceFCN", "InstanceFCNOutput", "instance_assemble"]
 
@@ -35,10 +36,19 @@ class InstanceAssembler(nn.Module):
             raise ValueError(f"InstanceAssembler: expected k to be an int >= 1, got {k!r}")
         if isinstance(m, bool) or not isinstance(m, int) or m < k:
             raise ValueError(f"InstanceAssembler: expected m to be an int >= k = {k}, got {m!r}")
-        self.k, self.m, self.window_stride = k, m, window_stride
+        # Validated here, once, so that forward is plain TorchScript.
+        stride = _pair("window_stride", window_stride)
+        if stride[0] < 1 or stride[1] < 1:
+            raise ValueError(f"InstanceAssembler: expected window_stride to be ints >= 1, got {window_stride!r}")
+        self.k, self.m = k, m
+        self.window_stride: Tuple[int, int] = (stride[0], stride[1])
 
     def forward(self, scores: torch.Tensor, centers: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return instance_assemble(scores, self.k, self.m, self.window_stride, centers)
+        if centers is not None:
+            if centers.is_floating_point() or centers.is_complex() or centers.dtype == torch.bool:
+                raise TypeError("InstanceAssembler: expected centers of an integer dtype, got " + str(centers.dtype))
+            centers = centers.to(torch.int64)
+        return torch.ops.atrous.instance_assemble(scores, self.k, self.m, list(self.window_stride), centers)
 
     def extra_repr(self):
         return f"k={self.k}, m={self.m}, window_stride={self.window_stride}"
@@ -96,7 +106,11 @@ class InstanceFCN(nn.Module):
                  trunk_widths: Sequence[int] = (32, 64, 128), trunk_dilations: Sequence[int] = (2, 4),
                  branch_channels: int = 512):
         super().__init__()
+        check_int("InstanceFCN", "in_channels", in_channels)
+        check_int("InstanceFCN", "branch_channels", branch_channels)
         if backbone is None:
+            trunk_widths = check_ints("InstanceFCN", "trunk_widths", trunk_widths)
+            trunk_dilations = check_ints("InstanceFCN", "trunk_dilations", trunk_dilations, allow_empty=True)
             if backbone_channels is not None:
                 raise ValueError("InstanceFCN: backbone_channels is only meaningful with a backbone")
             self.backbone, channels = atrous_trunk(in_channels, trunk_widths, trunk_dilations)
@@ -122,8 +136,7 @@ class InstanceFCN(nn.Module):
         scores = self.score_branch(features)
         objectness = torch.sigmoid(self.objectness_branch(features))[:, 0]
         masks = self.assembler(scores, centers)
-        sh, sw = (self.assembler.window_stride,) * 2 if isinstance(self.assembler.window_stride, int) \
-            else self.assembler.window_stride
+        sh, sw = self.assembler.window_stride
         objectness = objectness[:, ::sh, ::sw]  # window (yc, xc) is centred on pixel (yc*sh, xc*sw)
         if centers is not None:
             centers = centers.long()

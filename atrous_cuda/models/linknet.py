@@ -16,6 +16,7 @@ from typing import Sequence
 from torch import nn
 
 from ..modules import AtrousConv2d, AtrousConvTranspose2d
+from ._validate import check_int, check_ints
 from .backbone import DilatedResNet
 
 __all__ = ["LinkNet", "LinkNetDecoderBlock"]
@@ -63,11 +64,20 @@ class LinkNet(nn.Module):
     """LinkNet(num_classes, in_channels=3, layers=(2, 2, 2, 2), width=64, output_stride=32).
 
     width=64 and layers=(2, 2, 2, 2) is the paper's ResNet-18 encoder.
+
+    Not TorchScript-able yet: AtrousConvTranspose2d is not (fixed on the
+    transposed-conv branch), and this module passes a conv module as a value to
+    `_transposed_to` and gives LinkNetDecoderBlock.up one of two module types
+    (TorchScript compiles both branches of `if self.upsample`); both are to be
+    rewritten once the transposed conv scripts, so the result can be tested.
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, layers: Sequence[int] = (2, 2, 2, 2), width: int = 64,
                  output_stride: int = 32):
         super().__init__()
+        check_int("LinkNet", "num_classes", num_classes)
+        # The last decoder stage has width // 2 channels.
+        check_int("LinkNet", "width (the final decoder stage has width // 2 channels)", width, minimum=2)
         self.encoder = DilatedResNet("basic", layers, output_stride=output_stride, in_channels=in_channels,
                                      width=width)
         widths = [width, width * 2, width * 4, width * 8]

@@ -15,13 +15,14 @@ step in O(layers * k) work, independent of t, so T samples cost O(T). Every
 step runs the same ops as `forward` (the dilated conv on the k gathered
 columns, the 1x1 convs on one column).
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..functional import atrous_conv1d
 from ..modules import AtrousConv1d
+from ._validate import check_int, check_ints
 
 __all__ = ["WaveNet", "WaveNetBlock"]
 
@@ -81,11 +82,11 @@ class WaveNet(nn.Module):
                  skip_channels: int = 64, dilations: Sequence[int] = tuple(2 ** i for i in range(10)),
                  stacks: int = 2, kernel_size: int = 2):
         super().__init__()
-        if stacks < 1 or len(dilations) == 0:
-            raise ValueError(f"WaveNet: expected stacks >= 1 and at least one dilation, got stacks={stacks}, "
-                             f"dilations={tuple(dilations)}")
-        if kernel_size < 1:
-            raise ValueError(f"WaveNet: expected kernel_size >= 1, got {kernel_size}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("residual_channels", residual_channels), ("gate_channels", gate_channels),
+                            ("skip_channels", skip_channels), ("stacks", stacks), ("kernel_size", kernel_size)):
+            check_int("WaveNet", name, value)
+        dilations = check_ints("WaveNet", "dilations", dilations)
         self.in_channels = in_channels
         self.residual_channels = residual_channels
         self.input_conv = AtrousConv1d(in_channels, residual_channels, 1)
@@ -103,16 +104,18 @@ class WaveNet(nn.Module):
 
     def forward(self, x):
         if x.dim() != 3 or x.shape[1] != self.in_channels:
-            raise ValueError(f"WaveNet: expected input (N, {self.in_channels}, T), got {tuple(x.shape)}")
+            raise ValueError(f"WaveNet: expected input (N, {self.in_channels}, T), got size " + str(list(x.shape)))
         h = self.input_conv(x)
-        skips = 0
+        skips: Optional[torch.Tensor] = None
         for block in self.blocks:
             h, s = block(h)
-            skips = skips + s
+            skips = s if skips is None else skips + s
+        assert skips is not None  # the constructor requires at least one block
         return self.output(skips)
 
     def reset_state(self, batch_size: int):
         """Starts a new sequence of `step` calls for batch_size sequences (all past inputs zero)."""
+        check_int("WaveNet.reset_state", "batch_size", batch_size)
         p = self.input_conv.weight
         self._buffers_state = [p.new_zeros(batch_size, self.residual_channels, b.history) for b in self.blocks]
         self._t = 0
@@ -122,13 +125,25 @@ class WaveNet(nn.Module):
         """One time step: x_t (N, in_channels) -> output at that step (N, out_channels).
 
         Equal to forward(x)[:, :, t] for the t-th call since reset_state.
-        Runs without autograd (generation).
+        Runs without autograd (generation). x_t must have the dtype and device
+        of the model's parameters; the step cache follows the model if it is
+        moved or cast (model.to(...)) between reset_state and step.
         """
         if self._buffers_state is None:
             raise RuntimeError("WaveNet.step: call reset_state(batch_size) first")
+        if not isinstance(x_t, torch.Tensor):
+            raise TypeError(f"WaveNet.step: expected x_t to be a tensor, got {type(x_t).__name__}")
         n = self._buffers_state[0].shape[0]
         if x_t.dim() != 2 or x_t.shape != (n, self.in_channels):
             raise ValueError(f"WaveNet.step: expected x_t of size ({n}, {self.in_channels}), got {tuple(x_t.shape)}")
+        p = self.input_conv.weight
+        if x_t.dtype != p.dtype or x_t.device != p.device:
+            raise TypeError(f"WaveNet.step: expected x_t of dtype {p.dtype} on {p.device} (the model's parameters), "
+                            f"got {x_t.dtype} on {x_t.device}")
+        if self._buffers_state[0].dtype != p.dtype or self._buffers_state[0].device != p.device:
+            # The model was moved (model.to(...)) since reset_state: the cache follows it,
+            # keeping the past inputs it holds (converted like the parameters were).
+            self._buffers_state = [b.to(device=p.device, dtype=p.dtype) for b in self._buffers_state]
         h = self.input_conv(x_t.unsqueeze(2))
         skips = 0
         for block, buffer in zip(self.blocks, self._buffers_state):
