@@ -435,19 +435,6 @@ def _tiny_scriptable_models():
     }
 
 
-# AtrousFCN and LinkNet contain an AtrousConvTranspose2d, whose TorchScript support is fixed on another
-# branch (atrous_cuda/modules.py); drop these skips once that branch is merged. LinkNet also needs its
-# own change then (see its docstring): linknet._transposed_to takes the conv module as a value.
-_NEEDS_TRANSPOSED_CONV_SCRIPT = {"atrous_fcn", "linknet"}
-
-
-def _script_case(name):
-    if name in _NEEDS_TRANSPOSED_CONV_SCRIPT:
-        return pytest.param(name, marks=pytest.mark.skip(
-            reason="AtrousConvTranspose2d is not TorchScript-able on this branch (fixed on the transposed-conv branch)"))
-    return name
-
-
 def _flatten_outputs(out):
     if isinstance(out, torch.Tensor):
         return [out]
@@ -457,7 +444,7 @@ def _flatten_outputs(out):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-@pytest.mark.parametrize("name", [_script_case(n) for n in sorted(_tiny_scriptable_models())])
+@pytest.mark.parametrize("name", sorted(_tiny_scriptable_models()))
 def test_models_script_and_the_scripted_model_equals_eager_in_float64(name):
     factory, inputs = _tiny_scriptable_models()[name]
     torch.manual_seed(0)

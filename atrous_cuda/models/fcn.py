@@ -11,7 +11,7 @@ Every conv, the transposed ones included, runs on the atrous kernels. The
 transposed convs are given the pre-pooling sizes, so odd input sizes come back
 exactly.
 """
-from typing import Sequence
+from typing import Sequence, List
 
 from torch import nn
 
@@ -63,12 +63,14 @@ class AtrousFCN(nn.Module):
         self.classifier = AtrousConv2d(channels, num_classes, 1)
 
     def forward(self, x):
-        sizes = []
+        # Written so that TorchScript compiles it: typed list, ModuleList walked by enumerate.
+        sizes: List[List[int]] = []
         for stage in self.encoder:
             x = stage(x)
-            sizes.append(x.shape[-2:])
+            sizes.append([x.shape[-2], x.shape[-1]])
             x = self.pool(x)
         x = self.context(x)
-        for block, size in zip(self.decoder, reversed(sizes)):
+        for i, block in enumerate(self.decoder):
+            size = sizes[len(sizes) - 1 - i]  # decoder i undoes the i-th encoder stage from the end
             x = self.relu(block["bn"](block["up"](x, output_size=size)))
         return self.classifier(x)
