@@ -175,6 +175,7 @@ def test_wheel_installs_into_fresh_venv_with_torch(tmp_path):
         else:
             shutil.copy(path, source / name)
     env = dict(os.environ, ATROUS_CPU_ONLY="1", MAX_JOBS=os.environ.get("MAX_JOBS", "2"))
+    env.pop("FORCE_CUDA", None)  # CI sets it for the main build; this wheel is CPU-only on purpose
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-w", str(tmp_path / "dist"),
                   str(source)], env=env, timeout=900)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
