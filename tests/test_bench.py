@@ -91,8 +91,13 @@ def test_bench_checks_every_row_and_writes_a_report(tmp_path, monkeypatch):
     assert all(len(s["rows"]) == 6 and all(r["ok"] for r in s["rows"]) for s in data["sections"])
     assert data["environment"]["cpu_peak_gflops"] > 0
     assert (results / "bench-cpu.md").read_text().count("| ok |") == 12
-    png = (results / "bench-cpu.png").read_bytes()
-    assert png.startswith(b"\x89PNG")
+    # The chart is optional: written exactly when matplotlib is installed.
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (results / "bench-cpu.png").exists()
+    else:
+        assert (results / "bench-cpu.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_bench_fails_when_a_row_does_not_match_torch(tmp_path, monkeypatch):

@@ -13,12 +13,21 @@ from atrous_cuda.demo import SmallDeepLab, make_batch, run_demo
 
 TINY = dict(iterations=2, batch_size=4, size=32, channels=8, train_images=8, test_images=4, rows=2, progress=False)
 
+try:
+    import matplotlib  # noqa: F401
+except ImportError:  # the GPU machine of bench/gpu_check.sh has only torch and pytest
+    HAVE_MATPLOTLIB = False
+else:
+    HAVE_MATPLOTLIB = True
+needs_matplotlib = pytest.mark.skipif(not HAVE_MATPLOTLIB, reason="matplotlib is not installed (make setup installs it)")
+
 
 def _without_timings(results):
     return {k: ({kk: vv for kk, vv in v.items() if kk != "train_seconds"} if isinstance(v, dict) else v)
             for k, v in results.items()}
 
 
+@needs_matplotlib
 def test_demo_writes_picture_and_numbers_and_is_reproducible(tmp_path):
     results = run_demo(str(tmp_path / "a"), **TINY)
     with open(tmp_path / "a" / "demo.png", "rb") as f:
@@ -41,6 +50,7 @@ def test_demo_writes_picture_and_numbers_and_is_reproducible(tmp_path):
     assert _without_timings(again) == _without_timings(results)
 
 
+@needs_matplotlib
 def test_demo_command_line(tmp_path, capsys):
     assert cli_main(["demo", "--out-dir", str(tmp_path), "--iterations", "1", "--batch-size", "2", "--size", "32",
                      "--channels", "8", "--train-images", "4", "--test-images", "2", "--no-progress"]) == 0
@@ -68,6 +78,7 @@ def test_same_parameters_with_and_without_dilation():
     assert atrous(x).shape == plain(x).shape == (2, 3, 32, 32)
 
 
+@needs_matplotlib
 def test_demo_over_two_seeds_reports_mean_and_sample_std(tmp_path):
     results = run_demo(str(tmp_path / "two"), seeds=2, **TINY)
     single = run_demo(str(tmp_path / "one"), **TINY)
@@ -90,6 +101,7 @@ def test_demo_over_two_seeds_reports_mean_and_sample_std(tmp_path):
         assert json.load(f)["config"]["seeds"] == 2
 
 
+@needs_matplotlib
 def test_demo_command_line_prints_the_spread_over_seeds(tmp_path, capsys):
     assert cli_main(["demo", "--out-dir", str(tmp_path), "--iterations", "1", "--batch-size", "2", "--size", "32",
                      "--channels", "8", "--train-images", "4", "--test-images", "2", "--no-progress",
@@ -103,6 +115,7 @@ def test_demo_rejects_zero_seeds(tmp_path):
         run_demo(str(tmp_path), seeds=0, **TINY)
 
 
+@needs_matplotlib
 def test_demo_runs_without_tqdm_under_no_progress(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` now raises ImportError
     results = run_demo(str(tmp_path), **TINY)  # TINY has progress=False

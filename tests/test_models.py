@@ -5,12 +5,15 @@ import copy
 
 import pytest
 import torch
-import torchvision
 from conftest import assert_matches, seeded_randn
 from torch import nn
-from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
-from torchvision.models.segmentation.deeplabv3 import DeepLabHead as TorchvisionDeepLabHead
+
+# The reference implementations these tests compare against. `make test` installs torchvision;
+# the GPU machine of bench/gpu_check.sh has only torch and pytest.
+torchvision = pytest.importorskip("torchvision", reason="torchvision is not installed (make setup installs it)")
+from torchvision.models._utils import IntermediateLayerGetter  # noqa: E402
+from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP  # noqa: E402
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead as TorchvisionDeepLabHead  # noqa: E402
 
 from atrous_cuda import AtrousConv1d, AtrousConv2d, AtrousConvTranspose2d
 from atrous_cuda.models import (ASPP, AtrousFCN, DeepLabV3, DeepLabV3Plus, DilatedResNet, LinkNet,

@@ -218,6 +218,7 @@ def test_gridding_report_rejects_bad_arguments(rates, kernel_size, match):
 
 
 def test_plot_receptive_field_writes_a_png_showing_holes(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (make setup installs it)")
     import matplotlib.image
 
     path = plot_receptive_field({"HDC": [1, 2, 5], "gridded": [2, 2, 2]}, str(tmp_path / "rf.png"))
