@@ -1,11 +1,11 @@
 // Host-side helpers of the instance-assembling ops (see assemble.h). The op
 // schema is in schema.cpp.
 #include "assemble.h"
+#include "arg_checks.h"
 
 #include <ATen/ATen.h>
 
 #include <cmath>
-#include <sstream>
 
 namespace atrous {
 
@@ -13,16 +13,6 @@ namespace {
 
 using assemble::FcisParams;
 using assemble::InstanceAssembleParams;
-
-std::string list_str(c10::IntArrayRef v) {
-  std::ostringstream os;
-  os << v;
-  return os.str();
-}
-
-bool supported_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
 
 void check_instance_args(const char* op, int64_t k, int64_t m, c10::IntArrayRef window_stride) {
   TORCH_CHECK(k >= 1, op, ": expected k (cells per window side) >= 1, got ", k);

@@ -13,6 +13,11 @@
 
 #include "assemble_index.h"
 
+// The dtypes the assembling kernels are instantiated for (the CPU and CUDA
+// files both include ATen/Dispatch.h).
+#define ATROUS_ASSEMBLE_DISPATCH(type, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, name, __VA_ARGS__)
+
 namespace atrous {
 
 // Checks every argument of atrous::instance_assemble: scores (N, k*k, H, W) of

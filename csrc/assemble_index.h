@@ -192,11 +192,13 @@ ATROUS_HOST_DEVICE acc_t axis_weight(const AxisSample<acc_t>& s, int64_t h, bool
   return h == s.low ? acc_t(1) - s.frac : s.frac;
 }
 
-template <typename acc_t, typename scalar_t>
-ATROUS_HOST_DEVICE acc_t bilinear_zero_padded(const scalar_t* plane, int64_t height, int64_t width,
-                                              const AxisSample<acc_t>& ys,
-                                              const AxisSample<acc_t>& xs) {
-  acc_t sum = acc_t(0);
+// Calls tap(h, w, wy * wx) for each of the (up to four) pixels inside the
+// image that the bilinear sample at (ys, xs) reads, in a fixed order; pixels
+// outside are zeros and skipped. The forward reads through it and the CPU
+// backward scatters through it, so both sum the same terms.
+template <typename acc_t, typename Tap>
+ATROUS_HOST_DEVICE void for_each_bilinear_tap(const AxisSample<acc_t>& ys, const AxisSample<acc_t>& xs,
+                                              int64_t height, int64_t width, Tap&& tap) {
   for (int64_t dy = 0; dy < 2; ++dy) {
     const int64_t h = ys.low + dy;
     if (h < 0 || h >= height) continue;
@@ -205,9 +207,19 @@ ATROUS_HOST_DEVICE acc_t bilinear_zero_padded(const scalar_t* plane, int64_t hei
       const int64_t w = xs.low + dx;
       if (w < 0 || w >= width) continue;
       const acc_t wx = dx ? xs.frac : acc_t(1) - xs.frac;
-      sum += wy * wx * static_cast<acc_t>(plane[h * width + w]);
+      tap(h, w, wy * wx);
     }
   }
+}
+
+template <typename acc_t, typename scalar_t>
+ATROUS_HOST_DEVICE acc_t bilinear_zero_padded(const scalar_t* plane, int64_t height, int64_t width,
+                                              const AxisSample<acc_t>& ys,
+                                              const AxisSample<acc_t>& xs) {
+  acc_t sum = acc_t(0);
+  for_each_bilinear_tap(ys, xs, height, width, [&](int64_t h, int64_t w, acc_t weight) {
+    sum += weight * static_cast<acc_t>(plane[h * width + w]);
+  });
   return sum;
 }
 

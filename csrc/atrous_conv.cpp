@@ -1,6 +1,7 @@
 // Host-side helpers shared by every device's kernels (see atrous_conv.h).
 // The op schema itself is in schema.cpp.
 #include "atrous_conv.h"
+#include "arg_checks.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/irange.h>
@@ -8,21 +9,10 @@
 
 #include <cstdlib>
 #include <limits>
-#include <sstream>
 
 namespace atrous {
 
 namespace {
-
-std::string list_str(c10::IntArrayRef v) {
-  std::ostringstream os;
-  os << v;
-  return os.str();
-}
-
-bool supported_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
 
 bool strictly_channels_last(const at::Tensor& t) {
   return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);

@@ -23,9 +23,6 @@ using assemble::FcisParams;
 using assemble::InstanceAssembleParams;
 using assemble::Span;
 
-#define ATROUS_ASSEMBLE_DISPATCH(type, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, name, __VA_ARGS__)
-
 // Work per parallel chunk, in element operations: smaller problems run on the
 // calling thread, where waking the thread pool would cost more than the work.
 constexpr int64_t kChunkWork = 32768;
@@ -182,17 +179,9 @@ Tensor fcis_assemble_backward_cpu(const Tensor& grad_inside, const Tensor& grad_
               const AxisSample<acc_t> xs = assemble::axis_sample(
                   assemble::roi_sample(roi[1], roi[3], scale, px, p.size), width);
               const acc_t gv = static_cast<acc_t>(g_roi[py * p.size + px]);
-              for (int64_t dy = 0; dy < 2; ++dy) {
-                const int64_t h = ys.low + dy;
-                if (h < 0 || h >= height) continue;
-                const acc_t wy = dy ? ys.frac : acc_t(1) - ys.frac;
-                for (int64_t dx = 0; dx < 2; ++dx) {
-                  const int64_t w = xs.low + dx;
-                  if (w < 0 || w >= width) continue;
-                  const acc_t wx = dx ? xs.frac : acc_t(1) - xs.frac;
-                  acc[h * width + w] += wy * wx * gv;
-                }
-              }
+              assemble::for_each_bilinear_tap(ys, xs, height, width, [&](int64_t h, int64_t w, acc_t weight) {
+                acc[h * width + w] += weight * gv;
+              });
             }
           }
         }

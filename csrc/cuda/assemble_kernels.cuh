@@ -43,9 +43,6 @@ using at::Tensor;
 using assemble::FcisParams;
 using assemble::InstanceAssembleParams;
 
-#define ATROUS_ASSEMBLE_DISPATCH(type, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, name, __VA_ARGS__)
-
 constexpr int kThreads = 256;
 
 // Blocks for a grid-stride loop over `total` elements; the loop covers any
