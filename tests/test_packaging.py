@@ -38,7 +38,7 @@ def test_info_json_reports_versions_build_cpu_and_gpu():
     assert info["torch_built_against"] == native["torch_version"] == torch.__version__
     assert info["torch_matches_build"] is True
     assert info["cuda_kernels"] == native["with_cuda"] and info["cuda_archs"] == native["cuda_archs"]
-    assert info["cpu_isa"] == native["cpu_isa"] and info["cpu_isa"] in ("avx512", "avx2", "baseline")
+    assert info["cpu_isa"] == native["cpu_isa"] and info["cpu_isa"] in ("avx512_bf16", "avx512", "avx2", "baseline")
     assert info["gpu_visible"] == torch.cuda.is_available() == bool(info["gpus"])
     if torch.cuda.is_available():
         assert info["gpus"][0]["name"] == torch.cuda.get_device_name(0)

@@ -240,26 +240,50 @@ def restore_cpu_isa():
     assert atrous_cuda.build_info()["cpu_isa"] == best
 
 
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+CPU_ISAS = ["avx512_bf16", "avx512", "avx2", "baseline"]
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["float64", "float32", "bfloat16"])
 def test_every_cpu_isa_matches_torch(isa, dtype, restore_cpu_isa):
+    """bfloat16 takes the AVX512_BF16 dot-product GEMM on avx512_bf16 and a
+    float32 copy on the others; the reference sees the rounded inputs in float64."""
     available = atrous_cuda.build_info()["cpu_isas_available"].split(",")
     if isa not in available:
         pytest.skip(f"this CPU does not support {isa} (available: {available})")
     atrous_cuda._C.set_cpu_isa(isa)
     assert atrous_cuda.build_info()["cpu_isa"] == isa
     for case in ISA_CASES:
-        x, w, b = random_conv_inputs(case.x_shape, case.w_shape)
-        ours = conv_and_grads(atrous_conv, x.to(dtype), w.to(dtype), b.to(dtype), **case.kwargs)
-        ref = conv_and_grads(reference_conv, x, w, b, grad_output=seeded_randn(ours.out.shape, dtype, seed=1).double(),
+        x, w, b = (t.to(dtype) for t in random_conv_inputs(case.x_shape, case.w_shape))
+        ours = conv_and_grads(atrous_conv, x, w, b, **case.kwargs)
+        gy = seeded_randn(ours.out.shape, dtype, seed=1)
+        ref = conv_and_grads(reference_conv, x.double(), w.double(), b.double(), grad_output=gy.double(),
                              **case.kwargs)
         assert_results_match(ours, ref, dtype)
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not _cpu_flags(), reason="no /proc/cpuinfo flags to compare with")
+def test_cpu_isas_follow_the_cpu_flags():
+    """avx512_bf16 is offered exactly when the kernel reports AVX-512 with bf16."""
+    flags = set(_cpu_flags())
+    available = atrous_cuda.build_info()["cpu_isas_available"].split(",")
+    avx512 = {"avx512f", "avx512vl", "avx512dq", "avx512bw"} <= flags
+    assert ("avx512" in available) == avx512
+    assert ("avx512_bf16" in available) == (avx512 and "avx512_bf16" in flags)
 
 
 def test_best_cpu_isa_is_the_default():
     info = atrous_cuda.build_info()
     assert info["cpu_isa"] == info["cpu_isas_available"].split(",")[0]
-    assert set(info["cpu_isas_available"].split(",")) <= {"avx512", "avx2", "baseline"}
+    assert set(info["cpu_isas_available"].split(",")) <= set(CPU_ISAS)
     assert "baseline" in info["cpu_isas_available"].split(",")
 
 

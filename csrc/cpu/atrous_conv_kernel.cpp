@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../atrous_conv.h"
@@ -28,7 +29,9 @@ namespace atrous {
 namespace {
 
 using at::Tensor;
+using c10::BFloat16;
 using cpu::GatherGemmArgs;
+using cpu::GatherGemmBf16Args;
 using cpu::OuterGemmArgs;
 using cpu::gather_gemm;
 using cpu::outer_gemm;
@@ -75,6 +78,50 @@ Tensor padded_nhwc(const Tensor& t) {
   return nhwc;
 }
 
+// An NHWC operand of the gathered GEMM: pixel (n, y, x) of a height x width
+// plane starts pixel_stride elements after the previous one, and the channels
+// of group g start g * group_stride into the pixel.
+template <typename T>
+struct NhwcRows {
+  const T* data;
+  int64_t height, width, pixel_stride, group_stride;
+  const T* at(int64_t n, int64_t y, int64_t x, int64_t g) const {
+    return data + ((n * height + y) * width + x) * pixel_stride + g * group_stride;
+  }
+};
+
+template <typename T>
+NhwcRows<T> nhwc_rows(const Tensor& nhwc, int64_t groups) {
+  const int64_t channels = nhwc.size(1);
+  return {nhwc.data_ptr<T>(), nhwc.size(2), nhwc.size(3), channels, channels / groups};
+}
+
+// The bfloat16 dot-product GEMM reads k in pairs, so its A operand is a
+// bfloat16 NHWC copy whose groups each have an even number of channels, the
+// odd ones padded with a zero channel: a pair that starts at a group's last
+// channel must not read the next group's first one (or past the allocation).
+// A bfloat16 channels_last input with even groups is used in place.
+struct PairRows {
+  Tensor storage;
+  NhwcRows<BFloat16> rows;
+  int64_t depth;  // channels per group, rounded up to even
+};
+
+PairRows bf16_pair_rows(const Tensor& t, int64_t groups) {
+  const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3);
+  const int64_t per_group = c / groups, depth = per_group + per_group % 2;
+  Tensor storage;
+  if (depth == per_group && t.scalar_type() == at::kBFloat16 &&
+      t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    storage = t;
+  } else {
+    storage = at::empty({n, h, w, groups, depth}, t.options().dtype(at::kBFloat16));
+    if (depth != per_group) storage.narrow(4, per_group, 1).zero_();
+    storage.narrow(4, 0, per_group).copy_(t.unflatten(1, {groups, per_group}).permute({0, 3, 4, 1, 2}));
+  }
+  return {storage, {storage.data_ptr<BFloat16>(), h, w, groups * depth, depth}, depth};
+}
+
 // Element strides of a 4-D tensor, so outputs of any memory format are
 // written in place.
 struct Strides4 {
@@ -85,31 +132,52 @@ struct Strides4 {
   }
 };
 
-// Forward B operand. weight[g*Cog + co][ci][kh][kw] becomes
-//   packed[g][tap][panel][ci][j],  co = panel*width + j,
-// zero where co >= Cog, so every C row is a whole number of panels.
-template <typename acc_t>
-Tensor pack_weight_forward(const Tensor& weight, const ConvParams& p) {
+// The B operand of the gathered GEMM, packed once per call into column panels
+// of `width` (the micro-kernel's panel) with k taken `kpack` at a time (1 for
+// the float/double GEMM, 2 for the bfloat16 pairs of GatherGemmBf16Args):
+//   packed[g][tap][panel][q][j][t] = B_{g,tap}[k = q*kpack + t][col = panel*width + j],
+// zero for k >= depth or col >= cols, where
+//   forward:    B_{g,tap}[k][col] = w[g*Cog + col][k][tap]   (depth Cig, cols Cog)
+//   grad_input: B_{g,tap}[k][col] = w[g*Cog + k][col][tap]   (depth Cog, cols Cig).
+// A unit packs every tap of one (group, panel): the weight lines it reads
+// (width output channels, or kpack-blocks of them) stay in cache across taps,
+// and its writes are sequential.
+template <typename T>
+Tensor pack_weight_panels(const Tensor& weight, const ConvParams& p, bool transposed,
+                          int64_t width, int64_t kpack) {
+  const auto dtype = c10::CppTypeToScalarType<T>::value;
+  const Tensor w = weight.to(dtype).contiguous();  // [Cout][Cig][taps]
   const int64_t G = p.groups, cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
-  const int64_t width = panel_width<acc_t>(), panels = panels_for<acc_t>(cog);
-  Tensor w = weight.to(c10::CppTypeToScalarType<acc_t>::value)
-                 .reshape({G, cog, cig, p.taps()})
-                 .permute({0, 3, 1, 2});  // G, taps, Cog, Cig
-  w = at::constant_pad_nd(w, {0, 0, 0, panels * width - cog});
-  return w.reshape({G, p.taps(), panels, width, cig}).permute({0, 1, 2, 4, 3}).contiguous();
-}
-
-// grad_input B operand, the transposed weight:
-//   packed[g][tap][panel][co][j] = weight[g*Cog + co][panel*width + j][kh][kw].
-template <typename acc_t>
-Tensor pack_weight_transposed(const Tensor& weight, const ConvParams& p) {
-  const int64_t G = p.groups, cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
-  const int64_t width = panel_width<acc_t>(), panels = panels_for<acc_t>(cig);
-  Tensor w = weight.to(c10::CppTypeToScalarType<acc_t>::value)
-                 .reshape({G, cog, cig, p.taps()})
-                 .permute({0, 3, 1, 2});  // G, taps, Cog, Cig
-  w = at::constant_pad_nd(w, {0, panels * width - cig});
-  return w.reshape({G, p.taps(), cog, panels, width}).permute({0, 1, 3, 2, 4}).contiguous();
+  const int64_t taps = p.taps();
+  const int64_t depth = transposed ? cog : cig, cols = transposed ? cig : cog;
+  const int64_t kq = (depth + kpack - 1) / kpack, panels = (cols + width - 1) / width;
+  // Element offsets of w[k][col] of B_{g,tap} at tap 0 along k and along col.
+  const int64_t k_stride = transposed ? cig * taps : taps;
+  const int64_t col_stride = transposed ? taps : cig * taps;
+  Tensor packed = at::empty({G, taps, panels, kq, width, kpack}, weight.options().dtype(dtype));
+  const T* src = w.data_ptr<T>();
+  T* dst = packed.data_ptr<T>();
+  at::parallel_for(0, G * panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t g = unit / panels, panel = unit % panels;
+      const int64_t col0 = panel * width, valid_cols = std::min(width, cols - col0);
+      const T* group_src = src + g * cog * cig * taps + col0 * col_stride;
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        T* out = dst + ((g * taps + tap) * panels + panel) * kq * width * kpack;
+        for (int64_t q = 0; q < kq; ++q) {
+          for (int64_t j = 0; j < width; ++j) {
+            for (int64_t t = 0; t < kpack; ++t) {
+              const int64_t k = q * kpack + t;
+              *out++ = k < depth && j < valid_cols
+                           ? group_src[k * k_stride + j * col_stride + tap]
+                           : T(0);
+            }
+          }
+        }
+      }
+    }
+  });
+  return packed;
 }
 
 // Depthwise-path weight as [tap][out_channel].
@@ -170,14 +238,17 @@ void store_segment(scalar_t* dst, int64_t stride_c, int64_t stride_x, const acc_
 // busy. Neither choice changes any element's summation order (init, then
 // taps in order, then k in order), so results do not depend on it.
 //
+// A and B are acc_t, or bfloat16 pairs for the dot-product GEMM (in_t =
+// BFloat16, acc_t = float; `depth` is then even, see GatherGemmBf16Args).
+//
 //   init(g, col):                      the initial value of column col
 //   gather(n, g, kh, kw, y, x0, x1, emit): calls emit(x, a_row) for each
 //                                      pixel (y, x), x0 <= x < x1, with a valid A row
 //   store(n, g, y, x0, x1, c0, c1, rows, row_len): writes columns [c0, c1) of
 //                                      the finished C rows of pixels (y, x0..x1)
-template <typename acc_t, typename Init, typename Gather, typename Store>
+template <typename acc_t, typename in_t, typename Init, typename Gather, typename Store>
 void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64_t depth,
-                       int64_t cols, const acc_t* packed, Init&& init, Gather&& gather,
+                       int64_t cols, const in_t* packed, Init&& init, Gather&& gather,
                        Store&& store) {
   const int64_t G = p.groups, width_elems = panel_width<acc_t>();
   const int64_t panels = panels_for<acc_t>(cols);
@@ -196,7 +267,7 @@ void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64
 
   at::parallel_for(0, pixel_units * col_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(tile_pixels * row_len);
-    std::vector<const acc_t*> a_rows(tile_pixels);
+    std::vector<const in_t*> a_rows(tile_pixels);
     std::vector<acc_t*> c_rows(tile_pixels);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t block = unit % col_blocks, rest = unit / col_blocks;
@@ -215,16 +286,18 @@ void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64
           int64_t rows = 0;
           for_each_row_segment(pix_begin, pix_end, width,
                                [&](int64_t y, int64_t x0, int64_t x1, int64_t local) {
-            gather(n, g, kh, kw, y, x0, x1, [&](int64_t x, const acc_t* a_row) {
+            gather(n, g, kh, kw, y, x0, x1, [&](int64_t x, const in_t* a_row) {
               a_rows[rows] = a_row;
               c_rows[rows] = acc.data() + (local + x - x0) * row_len;
               ++rows;
             });
           });
           const int64_t tap = kh * p.kernel_width + kw;
-          gather_gemm(GatherGemmArgs<acc_t>{
-              rows, depth, np, a_rows.data(), c_rows.data(),
-              packed + (g * p.taps() + tap) * tap_stride + p0 * depth * width_elems});
+          const in_t* b = packed + (g * p.taps() + tap) * tap_stride + p0 * depth * width_elems;
+          if constexpr (std::is_same_v<in_t, acc_t>)
+            gather_gemm(GatherGemmArgs<acc_t>{rows, depth, np, a_rows.data(), c_rows.data(), b});
+          else
+            gather_gemm(GatherGemmBf16Args{rows, depth, np, a_rows.data(), c_rows.data(), b});
         }
       }
       for_each_row_segment(pix_begin, pix_end, width,
@@ -241,14 +314,14 @@ void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64
 // with (ih, iw) from equation (1) of atrous_index.h: A rows are input pixels
 // (depth Cig), B the tap's weights (Cig x Cog), C rows output pixels. For a
 // tap, the valid outputs are a rectangle (valid_out_range on each axis).
-template <typename scalar_t, typename acc_t>
-void forward_gemm(const ConvParams& p, const acc_t* x, const acc_t* packed, const acc_t* bias,
-                  Tensor& out) {
-  const int64_t cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
+template <typename scalar_t, typename acc_t, typename in_t>
+void forward_gemm(const ConvParams& p, const NhwcRows<in_t>& x, int64_t depth, const in_t* packed,
+                  const acc_t* bias, Tensor& out) {
+  const int64_t cog = p.out_channels_per_group();
   const Strides4 os(out);
   scalar_t* out_data = out.data_ptr<scalar_t>();
   tiled_gather_gemm<acc_t>(
-      p, p.out_height, p.out_width, cig, cog, packed,
+      p, p.out_height, p.out_width, depth, cog, packed,
       [&](int64_t g, int64_t co) { return bias ? bias[g * cog + co] : acc_t(0); },
       [&](int64_t n, int64_t g, int64_t kh, int64_t kw, int64_t oh, int64_t ow0, int64_t ow1,
           auto&& emit) {
@@ -260,7 +333,7 @@ void forward_gemm(const ConvParams& p, const acc_t* x, const acc_t* packed, cons
         const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
         for (int64_t ow = std::max(ow0, ow_valid.begin); ow < std::min(ow1, ow_valid.end); ++ow) {
           const int64_t iw = input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w);
-          emit(ow, x + ((n * p.in_height + ih) * p.in_width + iw) * p.in_channels + g * cig);
+          emit(ow, x.at(n, ih, iw, g));
         }
       },
       [&](int64_t n, int64_t g, int64_t oh, int64_t ow0, int64_t ow1, int64_t c0, int64_t c1,
@@ -325,6 +398,24 @@ void forward_depthwise(const ConvParams& p, const acc_t* x, const acc_t* w_tap_m
   });
 }
 
+// A bfloat16 conv runs on the AVX512_BF16 dot-product GEMM where the CPU has
+// it (float32 accumulation either way; the other path converts to a float32
+// copy first). Returns false when that path does not apply.
+template <typename scalar_t, typename acc_t>
+bool forward_bf16_dot(const ConvParams& p, const Tensor& input, const Tensor& weight,
+                      const acc_t* bias, Tensor& out) {
+  if constexpr (!std::is_same_v<scalar_t, BFloat16>) {
+    return false;
+  } else {
+    if (!cpu::bf16_dot_active()) return false;
+    const PairRows x = bf16_pair_rows(input, p.groups);
+    const Tensor w = pack_weight_panels<BFloat16>(weight, p, /*transposed=*/false,
+                                                  cpu::kBf16PanelColumns, 2);
+    forward_gemm<scalar_t, float, BFloat16>(p, x.rows, x.depth, w.data_ptr<BFloat16>(), bias, out);
+    return true;
+  }
+}
+
 Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
                         const c10::optional<Tensor>& bias, c10::IntArrayRef stride,
                         c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
@@ -336,18 +427,22 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "atrous_conv_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Tensor x = to_nhwc<acc_t>(input);
     Tensor bias_acc;
     if (bias.has_value() && bias->defined())
       bias_acc = bias->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* bias_ptr = bias_acc.defined() ? bias_acc.data_ptr<acc_t>() : nullptr;
     if (p.in_channels_per_group() == 1) {
+      const Tensor x = to_nhwc<acc_t>(input);
       const Tensor w = pack_weight_depthwise<acc_t>(weight, p);
       forward_depthwise<scalar_t, acc_t>(p, x.data_ptr<acc_t>(), w.data_ptr<acc_t>(), bias_ptr,
                                          out);
-    } else {
-      const Tensor w = pack_weight_forward<acc_t>(weight, p);
-      forward_gemm<scalar_t, acc_t>(p, x.data_ptr<acc_t>(), w.data_ptr<acc_t>(), bias_ptr, out);
+    } else if (!forward_bf16_dot<scalar_t>(p, input, weight, bias_ptr, out)) {
+      const Tensor x = to_nhwc<acc_t>(input);
+      const Tensor w = pack_weight_panels<acc_t>(weight, p, /*transposed=*/false,
+                                                 panel_width<acc_t>(), 1);
+      forward_gemm<scalar_t, acc_t, acc_t>(p, nhwc_rows<acc_t>(x, p.groups),
+                                           p.in_channels_per_group(), w.data_ptr<acc_t>(),
+                                           bias_ptr, out);
     }
   });
   return out;
@@ -360,14 +455,14 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
 // (output_index_for_input): A rows are grad_output pixels (depth Cog), B the
 // tap's transposed weights (Cog x Cig), C rows input pixels. Input pixels no
 // tap reaches keep their zero init.
-template <typename scalar_t, typename acc_t>
-void grad_input_gemm(const ConvParams& p, const acc_t* gy, const acc_t* packed_t,
-                     Tensor& grad_input) {
-  const int64_t cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
+template <typename scalar_t, typename acc_t, typename in_t>
+void grad_input_gemm(const ConvParams& p, const NhwcRows<in_t>& gy, int64_t depth,
+                     const in_t* packed_t, Tensor& grad_input) {
+  const int64_t cig = p.in_channels_per_group();
   const Strides4 gs(grad_input);
   scalar_t* gi_data = grad_input.data_ptr<scalar_t>();
   tiled_gather_gemm<acc_t>(
-      p, p.in_height, p.in_width, cog, cig, packed_t,
+      p, p.in_height, p.in_width, depth, cig, packed_t,
       [&](int64_t, int64_t) { return acc_t(0); },
       [&](int64_t n, int64_t g, int64_t kh, int64_t kw, int64_t ih, int64_t iw0, int64_t iw1,
           auto&& emit) {
@@ -377,8 +472,7 @@ void grad_input_gemm(const ConvParams& p, const acc_t* gy, const acc_t* packed_t
         for (int64_t iw = iw0; iw < iw1; ++iw) {
           const int64_t ow = output_index_for_input(iw, p.out_width, kw, p.stride_w, p.pad_left,
                                                     p.dilation_w);
-          if (ow >= 0)
-            emit(iw, gy + ((n * p.out_height + oh) * p.out_width + ow) * p.out_channels + g * cog);
+          if (ow >= 0) emit(iw, gy.at(n, oh, ow, g));
         }
       },
       [&](int64_t n, int64_t g, int64_t ih, int64_t iw0, int64_t iw1, int64_t c0, int64_t c1,
@@ -569,6 +663,23 @@ void grad_bias_sum(const ConvParams& p, const acc_t* gy, Tensor& grad_bias) {
   });
 }
 
+// grad_input's counterpart of forward_bf16_dot.
+template <typename scalar_t>
+bool grad_input_bf16_dot(const ConvParams& p, const Tensor& grad_output, const Tensor& weight,
+                         Tensor& grad_input) {
+  if constexpr (!std::is_same_v<scalar_t, BFloat16>) {
+    return false;
+  } else {
+    if (!cpu::bf16_dot_active()) return false;
+    const PairRows gy = bf16_pair_rows(grad_output, p.groups);
+    const Tensor w = pack_weight_panels<BFloat16>(weight, p, /*transposed=*/true,
+                                                  cpu::kBf16PanelColumns, 2);
+    grad_input_gemm<scalar_t, float, BFloat16>(p, gy.rows, gy.depth, w.data_ptr<BFloat16>(),
+                                               grad_input);
+    return true;
+  }
+}
+
 std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
     const Tensor& grad_output, const Tensor& input, const Tensor& weight, c10::IntArrayRef stride,
     c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
@@ -583,18 +694,27 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
                                   "atrous_conv_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const bool depthwise = p.in_channels_per_group() == 1;
-    const Tensor gy = padded_nhwc<acc_t>(grad_output);
+    // grad_output as acc_t NHWC, made once and only if a path below reads it
+    // (the bfloat16 dot-product grad_input reads its own pair copy).
+    Tensor gy_acc;
+    auto gy_rows = [&]() -> const Tensor& {
+      if (!gy_acc.defined()) gy_acc = padded_nhwc<acc_t>(grad_output);
+      return gy_acc;
+    };
     if (output_mask[0] && grad_input.numel() > 0) {
       if (depthwise) {
         const Tensor w = pack_weight_depthwise<acc_t>(weight, p);
-        grad_input_depthwise<scalar_t, acc_t>(p, gy.data_ptr<acc_t>(), w.data_ptr<acc_t>(),
+        grad_input_depthwise<scalar_t, acc_t>(p, gy_rows().data_ptr<acc_t>(), w.data_ptr<acc_t>(),
                                               grad_input);
-      } else {
-        const Tensor w = pack_weight_transposed<acc_t>(weight, p);
-        grad_input_gemm<scalar_t, acc_t>(p, gy.data_ptr<acc_t>(), w.data_ptr<acc_t>(),
-                                         grad_input);
+      } else if (!grad_input_bf16_dot<scalar_t>(p, grad_output, weight, grad_input)) {
+        const Tensor w = pack_weight_panels<acc_t>(weight, p, /*transposed=*/true,
+                                                   panel_width<acc_t>(), 1);
+        grad_input_gemm<scalar_t, acc_t, acc_t>(p, nhwc_rows<acc_t>(gy_rows(), p.groups),
+                                                p.out_channels_per_group(), w.data_ptr<acc_t>(),
+                                                grad_input);
       }
     }
+    const Tensor gy = output_mask[1] || output_mask[2] ? gy_rows() : Tensor();
     if (output_mask[1]) {
       const Tensor x = to_nhwc<acc_t>(input);
       if (depthwise)

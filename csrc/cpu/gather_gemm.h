@@ -11,6 +11,8 @@
 // B[k][p*panel_width + j]. C rows are padded to a whole number of panels.
 #pragma once
 
+#include <c10/util/BFloat16.h>
+
 #include <cstdint>
 #include <string>
 
@@ -40,6 +42,30 @@ struct GatherGemmArgs {
 void gather_gemm(const GatherGemmArgs<float>& args);
 void gather_gemm(const GatherGemmArgs<double>& args);
 
+// The same GEMM on bfloat16 A and B with float32 C, on AVX512_BF16 dot
+// products (vdpbf16ps): each instruction multiplies two consecutive k of a
+// broadcast A pair with the matching pair of 16 B columns and adds both exact
+// products to the float32 accumulators, k + 1 first, then k (round to nearest
+// even, subnormal inputs and results flushed to zero). So k runs in pairs:
+//   depth         is even (callers pad A rows and B with a zero k);
+//   a_rows[m]     point to depth bfloat16 values, read as depth / 2 pairs;
+//   b_panels      is [panels][depth / 2][16 columns][2], the pair of column j
+//                 at k = 2q being (B[2q][j], B[2q + 1][j]);
+//   c_rows[m]     hold panels * 16 floats.
+// Only callable when bf16_dot_active() (asserted).
+struct GatherGemmBf16Args {
+  int64_t rows;
+  int64_t depth;
+  int64_t panels;
+  const c10::BFloat16* const* a_rows;
+  float* const* c_rows;
+  const c10::BFloat16* b_panels;
+};
+constexpr int64_t kBf16PanelColumns = panel_width<float>();
+
+void gather_gemm(const GatherGemmBf16Args& args);
+bool bf16_dot_active();
+
 // The pixel-reduction GEMM of grad_weight, read straight from NHWC rows:
 //
 //   C[i][0:n) += sum_k A_k[i] * B_k[0:n),   i < rows, k < depth
@@ -62,9 +88,10 @@ struct OuterGemmArgs {
 void outer_gemm(const OuterGemmArgs<float>& args);
 void outer_gemm(const OuterGemmArgs<double>& args);
 
-// The instruction set the GEMM runs with: "avx512", "avx2" or "baseline".
-// The best one the CPU supports is chosen at load time; ATROUS_CPU_ISA or
-// set_cpu_isa() pick a lower one (the tests run every path).
+// The instruction set the GEMM runs with: "avx512_bf16" (AVX-512 plus the
+// bfloat16 dot products of gather_gemm(GatherGemmBf16Args)), "avx512", "avx2"
+// or "baseline". The best one the CPU supports is chosen at load time;
+// ATROUS_CPU_ISA or set_cpu_isa() pick a lower one (the tests run every path).
 std::string cpu_isa();
 std::string cpu_isas_available();
 void set_cpu_isa(const std::string& isa);
