@@ -53,14 +53,58 @@ constexpr int64_t kGradWeightChunk = 256;
 // Channels per unit in the depthwise grad_weight and in grad_bias.
 constexpr int64_t kChannelBlock = 256;
 
-// One pass (dtype conversion and permutation together): t.to(acc).contiguous(NHWC)
-// would make two full copies, e.g. 4x a bfloat16 input's bytes at the peak.
+// Copies a 4-D tensor into NHWC rows, converting the dtype in the same pass:
+// channel c of pixel p (= y * W + x) of image n goes to
+//   dst[(n * HW + p) * pixel_stride + (c / per_group) * group_stride + c % per_group]
+// (per_group = C, group_stride = 0 for plain NHWC; the bfloat16 pair rows pad
+// each group). From NCHW the copy is a transpose of each image's C x HW
+// matrix, done in 32 x 32 blocks so the reads of a block row and the writes of
+// a block column both stay within a few cache lines (torch's permuting copy_
+// walks one side with a large stride); from NHWC it is a row copy. Blocks run
+// in parallel. Other layouts are made NCHW-contiguous first.
+template <typename dst_t>
+void copy_to_nhwc(const Tensor& t, dst_t* dst, int64_t pixel_stride, int64_t per_group,
+                  int64_t group_stride) {
+  constexpr int64_t kBlock = 32;
+  const int64_t N = t.size(0), C = t.size(1), HW = t.size(2) * t.size(3);
+  if (t.numel() == 0) return;
+  const bool from_nhwc = t.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor src_t = from_nhwc ? t : t.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src_t.scalar_type(), "copy_to_nhwc", [&] {
+    const scalar_t* src = src_t.data_ptr<scalar_t>();
+    const int64_t c_blocks = (C + kBlock - 1) / kBlock, p_blocks = (HW + kBlock - 1) / kBlock;
+    at::parallel_for(0, N * c_blocks * p_blocks, 1, [&](int64_t begin, int64_t end) {
+      int64_t channel_offset[kBlock];
+      for (int64_t unit = begin; unit < end; ++unit) {
+        const int64_t pb = unit % p_blocks, cb = (unit / p_blocks) % c_blocks;
+        const int64_t n = unit / (p_blocks * c_blocks);
+        const int64_t c0 = cb * kBlock, c1 = std::min(C, c0 + kBlock);
+        const int64_t p0 = pb * kBlock, p1 = std::min(HW, p0 + kBlock);
+        for (int64_t c = c0; c < c1; ++c)
+          channel_offset[c - c0] = (c / per_group) * group_stride + c % per_group;
+        for (int64_t p = p0; p < p1; ++p) {
+          dst_t* row = dst + (n * HW + p) * pixel_stride;
+          if (from_nhwc) {
+            const scalar_t* in = src + (n * HW + p) * C;
+            for (int64_t c = c0; c < c1; ++c) row[channel_offset[c - c0]] = static_cast<dst_t>(in[c]);
+          } else {
+            const scalar_t* in = src + n * C * HW + p;
+            for (int64_t c = c0; c < c1; ++c)
+              row[channel_offset[c - c0]] = static_cast<dst_t>(in[c * HW]);
+          }
+        }
+      }
+    });
+  });
+}
+
+// acc_t NHWC (channels_last) form of t; t itself when it already is one.
 template <typename acc_t>
 Tensor to_nhwc(const Tensor& t) {
   const auto dtype = c10::CppTypeToScalarType<acc_t>::value;
   if (t.scalar_type() == dtype && t.is_contiguous(at::MemoryFormat::ChannelsLast)) return t;
   Tensor nhwc = at::empty(t.sizes(), t.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
-  nhwc.copy_(t);
+  copy_to_nhwc(t, nhwc.data_ptr<acc_t>(), t.size(1), t.size(1), 0);
   return nhwc;
 }
 
@@ -73,9 +117,8 @@ Tensor padded_nhwc(const Tensor& t) {
   const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3);
   Tensor storage = at::empty({t.numel() + panel_width<acc_t>()}, t.options().dtype(dtype));
   storage.narrow(0, t.numel(), panel_width<acc_t>()).zero_();
-  Tensor nhwc = storage.narrow(0, 0, t.numel()).view({n, h, w, c}).permute({0, 3, 1, 2});
-  nhwc.copy_(t);
-  return nhwc;
+  copy_to_nhwc(t, storage.data_ptr<acc_t>(), c, c, 0);
+  return storage.narrow(0, 0, t.numel()).view({n, h, w, c}).permute({0, 3, 1, 2});
 }
 
 // An NHWC operand of the gathered GEMM: pixel (n, y, x) of a height x width
@@ -117,7 +160,7 @@ PairRows bf16_pair_rows(const Tensor& t, int64_t groups) {
   } else {
     storage = at::empty({n, h, w, groups, depth}, t.options().dtype(at::kBFloat16));
     if (depth != per_group) storage.narrow(4, per_group, 1).zero_();
-    storage.narrow(4, 0, per_group).copy_(t.unflatten(1, {groups, per_group}).permute({0, 3, 4, 1, 2}));
+    copy_to_nhwc(t, storage.data_ptr<BFloat16>(), groups * depth, per_group, depth);
   }
   return {storage, {storage.data_ptr<BFloat16>(), h, w, groups * depth, depth}, depth};
 }
@@ -139,9 +182,9 @@ struct Strides4 {
 // zero for k >= depth or col >= cols, where
 //   forward:    B_{g,tap}[k][col] = w[g*Cog + col][k][tap]   (depth Cig, cols Cog)
 //   grad_input: B_{g,tap}[k][col] = w[g*Cog + k][col][tap]   (depth Cog, cols Cig).
-// A unit packs every tap of one (group, panel): the weight lines it reads
-// (width output channels, or kpack-blocks of them) stay in cache across taps,
-// and its writes are sequential.
+// A unit packs every tap of one (group, panel). It walks k, then taps, then
+// columns: the taps of one w[.][.] are adjacent, so each weight line is read
+// once, and each tap's panel is written sequentially.
 template <typename T>
 Tensor pack_weight_panels(const Tensor& weight, const ConvParams& p, bool transposed,
                           int64_t width, int64_t kpack) {
@@ -162,9 +205,11 @@ Tensor pack_weight_panels(const Tensor& weight, const ConvParams& p, bool transp
       const int64_t g = unit / panels, panel = unit % panels;
       const int64_t col0 = panel * width, valid_cols = std::min(width, cols - col0);
       const T* group_src = src + g * cog * cig * taps + col0 * col_stride;
-      for (int64_t tap = 0; tap < taps; ++tap) {
-        T* out = dst + ((g * taps + tap) * panels + panel) * kq * width * kpack;
-        for (int64_t q = 0; q < kq; ++q) {
+      T* panel_dst = dst + (g * taps * panels + panel) * kq * width * kpack;
+      const int64_t tap_stride = panels * kq * width * kpack;
+      for (int64_t q = 0; q < kq; ++q) {
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          T* out = panel_dst + tap * tap_stride + q * width * kpack;
           for (int64_t j = 0; j < width; ++j) {
             for (int64_t t = 0; t < kpack; ++t) {
               const int64_t k = q * kpack + t;
