@@ -180,6 +180,20 @@ def test_channels_last_input_gives_channels_last_output(case):
     assert ours.grad_input.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["float64", "float32", "bfloat16"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_channels_last_input_and_grad_output_read_in_place(dtype, groups):
+    """Channels-last operands whose channels per group fill whole GEMM panels
+    (32 output channels, even input channels per group) are read without NHWC copies."""
+    x, w, b = (t.to(dtype) for t in random_conv_inputs((2, 8, 9, 10), (32, 8 // groups, 3, 3)))
+    x = x.contiguous(memory_format=torch.channels_last)
+    gy = seeded_randn((2, 32, 9, 10), dtype, seed=1).contiguous(memory_format=torch.channels_last)
+    kwargs = dict(padding=2, dilation=2, groups=groups)
+    ours = conv_and_grads(atrous_conv, x, w, b, grad_output=gy, **kwargs)
+    ref = conv_and_grads(reference_conv, x.double(), w.double(), b.double(), grad_output=gy.double(), **kwargs)
+    assert_results_match(ours, ref, dtype)
+
+
 def test_channels_last_weight_matches_torch():
     x, w, b = random_conv_inputs((2, 4, 9, 9), (6, 4, 3, 3))
     w = w.contiguous(memory_format=torch.channels_last)

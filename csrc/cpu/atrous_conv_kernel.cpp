@@ -86,7 +86,10 @@ void copy_to_nhwc(const Tensor& t, dst_t* dst, int64_t pixel_stride, int64_t per
           dst_t* row = dst + (n * HW + p) * pixel_stride;
           if (from_nhwc) {
             const scalar_t* in = src + (n * HW + p) * C;
-            for (int64_t c = c0; c < c1; ++c) row[channel_offset[c - c0]] = static_cast<dst_t>(in[c]);
+            if (per_group == C)  // contiguous on both sides: a loop the compiler vectorizes
+              for (int64_t c = c0; c < c1; ++c) row[c] = static_cast<dst_t>(in[c]);
+            else
+              for (int64_t c = c0; c < c1; ++c) row[channel_offset[c - c0]] = static_cast<dst_t>(in[c]);
           } else {
             const scalar_t* in = src + n * C * HW + p;
             for (int64_t c = c0; c < c1; ++c)
@@ -108,13 +111,19 @@ Tensor to_nhwc(const Tensor& t) {
   return nhwc;
 }
 
-// The same NHWC copy in a buffer with one panel of zeros after the last
-// element, so a panel-wide load that starts at any channel of any pixel stays
-// inside the allocation (outer_gemm reads whole panels of grad_output rows).
+// The NHWC rows of grad_output for outer_gemm, which reads whole panels of
+// each group's channels: with `groups` groups of a multiple of a panel
+// (16 floats, 8 doubles) those loads end inside each row, and an acc_t
+// channels_last tensor is used in place; otherwise it is copied into a buffer
+// with one panel of zeros after the last element, so a panel-wide load that
+// starts at any channel of any pixel stays inside the allocation.
 template <typename acc_t>
-Tensor padded_nhwc(const Tensor& t) {
+Tensor padded_nhwc(const Tensor& t, int64_t groups) {
   const auto dtype = c10::CppTypeToScalarType<acc_t>::value;
   const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3);
+  if (t.scalar_type() == dtype && t.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+      (c / groups) % panel_width<acc_t>() == 0)
+    return t;
   Tensor storage = at::empty({t.numel() + panel_width<acc_t>()}, t.options().dtype(dtype));
   storage.narrow(0, t.numel(), panel_width<acc_t>()).zero_();
   copy_to_nhwc(t, storage.data_ptr<acc_t>(), c, c, 0);
@@ -743,7 +752,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
     // (the bfloat16 dot-product grad_input reads its own pair copy).
     Tensor gy_acc;
     auto gy_rows = [&]() -> const Tensor& {
-      if (!gy_acc.defined()) gy_acc = padded_nhwc<acc_t>(grad_output);
+      if (!gy_acc.defined()) gy_acc = padded_nhwc<acc_t>(grad_output, p.groups);
       return gy_acc;
     };
     if (output_mask[0] && grad_input.numel() > 0) {
