@@ -237,8 +237,49 @@ def summarize(rows, gpu=False, peak_gflops=None):
 # The CPU issue's targets (torch time / ours, or share of peak), shown beside each measure.
 CPU_TARGETS = {"forward": 1.0, "forward+backward": 1.0, "ASPP rate>=12": 1.5, "grad_weight": 1.5,
                "share of peak, largest shapes (median)": 0.8}
+# The CPU issue's 16-bit target: bfloat16 and float16 at least as fast as our float32.
+HALF_DTYPES = ("bfloat16", "float16")
+HALF_TARGET = 1.0
 # The CUDA issue's targets.
 GPU_TARGETS = {"forward": 1.0, "forward+backward": 1.0, "rate>=12": 1.5, "torch deterministic/ours": 3.0}
+
+
+def half_precision_section(rows, fp32_rows, dtype_name):
+    """Our 16-bit rows against our float32 rows of the same convs (same run):
+    each row gets `vs_fp32` = our float32 time / our 16-bit time."""
+    fp32 = {(r["layer"], r["dilation"], r["direction"]): r["ours_ms"] for r in fp32_rows}
+    for r in rows:
+        r["fp32_ours_ms"] = fp32.get((r["layer"], r["dilation"], r["direction"]), float("nan"))
+        r["vs_fp32"] = r["fp32_ours_ms"] / r["ours_ms"]
+    summary = {f"our float32 time / our {dtype_name} time, {direction}":
+               _geomean([r["vs_fp32"] for r in rows if r["direction"] == direction])
+               for direction in ("forward", "grad_input", "grad_weight")}
+    summary["torch/ours, forward"] = _geomean([r["ratio"] for r in rows if r["direction"] == "forward"])
+    return summary
+
+
+def format_half_table(title, rows, summary):
+    lines = [
+        f"### {title}",
+        "",
+        "| layer | dilation | direction | ours ms | ours float32 ms | float32/ours | torch ms | torch/ours "
+        "| rel. error | check |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['layer']} | {r['dilation']} | {r['direction']} | {r['ours_ms']:.3f} | {r['fp32_ours_ms']:.3f} | "
+            f"{r['vs_fp32']:.2f} | {r['torch_ms']:.3f} | {r['ratio']:.2f} | {r['error']:.1e} | "
+            f"{'ok' if r['ok'] else 'FAIL'} |")
+    lines.append("")
+    for name, value in summary.items():
+        if isinstance(value, float) and math.isnan(value):
+            continue
+        verdict = ""
+        if name.startswith("our float32"):
+            verdict = f" (target >= {HALF_TARGET:.1f}: {'met' if value >= HALF_TARGET else 'not met'})"
+        lines.append(f"- geometric mean {name}: {value:.2f}{verdict}")
+    return "\n".join(lines)
 
 
 def format_table(title, rows, summary, gpu=False):
@@ -318,16 +359,18 @@ def plot_ratios(sections, path):
     directions = ("forward", "grad_input", "grad_weight")
     fig, axes = plt.subplots(len(sections), 1, figsize=(14, 5.2 * len(sections)), squeeze=False)
     for ax, section in zip(axes[:, 0], sections):
+        # 16-bit sections show our float32 time / our 16-bit time.
+        key = "vs_fp32" if section.get("kind") == "vs_fp32" else "ratio"
         convs = list(dict.fromkeys((r["layer"], r["dilation"]) for r in section["rows"]))
         width = 0.8 / len(directions)
         for i, direction in enumerate(directions):
-            by_conv = {(r["layer"], r["dilation"]): r["ratio"] for r in section["rows"] if r["direction"] == direction}
+            by_conv = {(r["layer"], r["dilation"]): r[key] for r in section["rows"] if r["direction"] == direction}
             ax.bar([c + (i - 1) * width for c in range(len(convs))], [by_conv.get(c, 0.0) for c in convs],
                    width, label=direction)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(convs)))
         ax.set_xticklabels([f"{name}, d={d}" for name, d in convs], fontsize=8, rotation=30, ha="right")
-        ax.set_ylabel("torch time / ours (log scale)")
+        ax.set_ylabel(("our float32 time / ours" if key == "vs_fp32" else "torch time / ours") + " (log scale)")
         ax.set_yscale("log")
         plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
         ax.yaxis.set_major_formatter(plain)
@@ -414,7 +457,10 @@ def main(argv=None):
             reps = max(3, reps // 4)
         name = torch.cuda.get_device_name() if gpu else f"CPU ({env['cpu_threads']} threads)"
         units = sum(len(layer.dilations[:1] if args.quick else layer.dilations) for layer in suite)
-        progress = _Progress(units * len(dtypes) * len(formats))
+        # The CPU issue's 16-bit target: by default the first dilation of each
+        # layer in bfloat16 and float16, channels_last, against our float32 rows.
+        half = not gpu and not args.dtype and "channels_last" in formats
+        progress = _Progress(units * len(dtypes) * len(formats) + (len(suite) * len(HALF_DTYPES) if half else 0))
         sections = []
         for dtype_name in dtypes:
             dtype = getattr(torch, dtype_name)
@@ -435,8 +481,21 @@ def main(argv=None):
                 summary = summarize(rows, gpu=gpu, peak_gflops=None if gpu else peak)
                 sections.append(dict(device=device, dtype=dtype_name, memory_format=fmt, title=title,
                                      rows=rows, summary=summary))
+        if half:
+            fp32_rows = next(s["rows"] for s in sections if s["memory_format"] == "channels_last")
+            for dtype_name in HALF_DTYPES:
+                rows = []
+                for layer in suite:
+                    rows += run_layer(layer, layer.dilations[0], device, getattr(torch, dtype_name), warmup, reps,
+                                      torch.channels_last)
+                    progress.update(f"{device} {dtype_name} channels_last")
+                failures += sum(not r["ok"] for r in rows)
+                sections.append(dict(device=device, dtype=dtype_name, memory_format="channels_last",
+                                     kind="vs_fp32", title=f"{name}, {dtype_name}, channels_last, against our float32",
+                                     rows=rows, summary=half_precision_section(rows, fp32_rows, dtype_name)))
         progress.close()
-        tables = [format_table(s["title"], s["rows"], s["summary"], gpu=gpu) for s in sections]
+        tables = [format_half_table(s["title"], s["rows"], s["summary"]) if s.get("kind") == "vs_fp32"
+                  else format_table(s["title"], s["rows"], s["summary"], gpu=gpu) for s in sections]
         print("\n" + "\n\n".join(tables) + "\n", flush=True)
         report += [t + "\n" for t in tables]
         if args.results_dir:

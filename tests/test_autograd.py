@@ -183,6 +183,8 @@ REPRO_CONFIGS = [
     ("grouped_strided", (2, 8, 16, 13), (8, 4, 3, 3), dict(padding="same", stride=2, dilation=3, groups=2)),
     ("depthwise", (3, 6, 16, 16), (12, 1, 3, 3), dict(padding=(2, 1), dilation=(2, 1), groups=6)),
     ("conv1d", (4, 5, 300), (7, 5, 2), dict(padding="causal", dilation=8)),
+    # 8960 output pixels and one channel block: grad_weight sums 4 pixel segments
+    ("grad_weight_segments", (2, 7, 64, 70), (9, 7, 3, 3), dict(padding=3, dilation=3)),
 ]
 
 

@@ -84,13 +84,21 @@ def test_bench_checks_every_row_and_writes_a_report(tmp_path, monkeypatch):
     results = tmp_path / "results"
     assert bench.main(["--device", "cpu", "--reps", "1", "--report", str(report), "--results-dir", str(results)]) == 0
     rows = [line for line in report.read_text().splitlines() if line.startswith("| aspp") or line.startswith("| depthwise")]
-    # 2 convs x 3 directions x 2 memory formats (NCHW and channels_last).
-    assert len(rows) == 12 and all(line.rstrip().endswith("| ok |") for line in rows)
+    # 2 convs x 3 directions x 2 memory formats (NCHW and channels_last) in float32, then
+    # bfloat16 and float16 in channels_last against our float32 rows.
+    assert len(rows) == 24 and all(line.rstrip().endswith("| ok |") for line in rows)
     data = json.loads((results / "bench-cpu.json").read_text())
-    assert [s["memory_format"] for s in data["sections"]] == ["nchw", "channels_last"]
+    assert [(s["dtype"], s["memory_format"]) for s in data["sections"]] == [
+        ("float32", "nchw"), ("float32", "channels_last"), ("bfloat16", "channels_last"), ("float16", "channels_last")]
     assert all(len(s["rows"]) == 6 and all(r["ok"] for r in s["rows"]) for s in data["sections"])
+    fp32 = {(r["layer"], r["direction"]): r["ours_ms"] for r in data["sections"][1]["rows"]}
+    for section in data["sections"][2:]:
+        for r in section["rows"]:
+            assert r["fp32_ours_ms"] == fp32[(r["layer"], r["direction"])]
+            assert r["vs_fp32"] == pytest.approx(r["fp32_ours_ms"] / r["ours_ms"])
+    assert "our float32 time / our bfloat16 time, forward" in data["sections"][2]["summary"]
     assert data["environment"]["cpu_peak_gflops"] > 0
-    assert (results / "bench-cpu.md").read_text().count("| ok |") == 12
+    assert (results / "bench-cpu.md").read_text().count("| ok |") == 24
     # The chart is optional: written exactly when matplotlib is installed.
     try:
         import matplotlib  # noqa: F401

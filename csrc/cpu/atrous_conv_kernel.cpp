@@ -46,10 +46,18 @@ constexpr int64_t kPixelTile = 192;
 constexpr int64_t kWholeImageTile = 1536;
 // Pixels per unit in the depthwise path, whose tile spans every channel.
 constexpr int64_t kDepthwiseTile = 32;
-// grad_weight: input channels per unit (the GEMM M) and pixels per call of
-// the rank-1-update GEMM (its depth).
+// grad_weight (see grad_weight_gemm): at most this many input channels per
+// unit (the GEMM M), within this many bytes of accumulators for all taps;
+// output pixels per chunk (the depth of one rank-1-update GEMM); pixel
+// segments until there are kGradWeightUnits units, each segment at least
+// kGradWeightSegmentPixels long, all partial sums within
+// kGradWeightPartialBytes.
 constexpr int64_t kGradWeightRows = 96;
+constexpr int64_t kGradWeightAccBytes = 256 * 1024;
 constexpr int64_t kGradWeightChunk = 256;
+constexpr int64_t kGradWeightUnits = 16;
+constexpr int64_t kGradWeightSegmentPixels = 2048;
+constexpr int64_t kGradWeightPartialBytes = int64_t(64) << 20;
 // Channels per unit in the depthwise grad_weight and in grad_bias.
 constexpr int64_t kChannelBlock = 256;
 
@@ -109,25 +117,6 @@ Tensor to_nhwc(const Tensor& t) {
   Tensor nhwc = at::empty(t.sizes(), t.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
   copy_to_nhwc(t, nhwc.data_ptr<acc_t>(), t.size(1), t.size(1), 0);
   return nhwc;
-}
-
-// The NHWC rows of grad_output for outer_gemm, which reads whole panels of
-// each group's channels: with `groups` groups of a multiple of a panel
-// (16 floats, 8 doubles) those loads end inside each row, and an acc_t
-// channels_last tensor is used in place; otherwise it is copied into a buffer
-// with one panel of zeros after the last element, so a panel-wide load that
-// starts at any channel of any pixel stays inside the allocation.
-template <typename acc_t>
-Tensor padded_nhwc(const Tensor& t, int64_t groups) {
-  const auto dtype = c10::CppTypeToScalarType<acc_t>::value;
-  const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3);
-  if (t.scalar_type() == dtype && t.is_contiguous(at::MemoryFormat::ChannelsLast) &&
-      (c / groups) % panel_width<acc_t>() == 0)
-    return t;
-  Tensor storage = at::empty({t.numel() + panel_width<acc_t>()}, t.options().dtype(dtype));
-  storage.narrow(0, t.numel(), panel_width<acc_t>()).zero_();
-  copy_to_nhwc(t, storage.data_ptr<acc_t>(), c, c, 0);
-  return storage.narrow(0, 0, t.numel()).view({n, h, w, c}).permute({0, 3, 1, 2});
 }
 
 // An NHWC operand of the gathered GEMM: pixel (n, y, x) of a height x width
@@ -611,49 +600,134 @@ void for_each_valid_pixel(const ConvParams& p, int64_t kh, int64_t kw, F&& f) {
 }
 
 // grad_w[g*Cog + co, ci, tap] = sum_{valid pixels} x[n, ih, iw, g*Cig + ci] * grad_y[n, oh, ow, g*Cog + co].
-// The GEMM depth is the pixel count: each valid pixel is a rank-1 update of
-// the transposed weight gradient of one tap, C[ci][co] += x[pixel][ci] *
-// grad_y[pixel][co], read straight from the NHWC rows (outer_gemm). A unit
-// owns a block of input channels of one (group, tap) and sums all pixels
-// itself, in order. `gy` rows must be readable one panel past the last
-// channel (see padded_nhwc).
+// The GEMM depth is the pixel count: each output pixel is a rank-1 update of
+// the transposed weight gradient of every tap that reads inside the image,
+// C_tap[ci][co] += x[pixel through tap][ci] * grad_y[pixel][co] (outer_gemm).
+//
+// A unit owns a block of input channels of one group and a fixed segment of
+// the output pixels, and keeps every tap's C block (taps x rows x Cout/g, at
+// most kGradWeightAccBytes) while it walks its pixels in chunks:
+//   - a chunk's grad_y rows are copied once into a contiguous buffer that all
+//     taps then read (the tap loop inside the chunk loop reads grad_y once per
+//     unit instead of once per tap), with zero columns up to a whole panel;
+//   - per tap, the x rows of the chunk's valid pixels (the unit's channels)
+//     are copied into a second buffer, so both operands of outer_gemm are
+//     short sequential streams.
+// Segments exist for parallelism when there are few channel blocks (64
+// channels on a large map is one block): each segment sums its pixels into a
+// partial, and the partials are added in segment order. The segment count
+// depends on the shapes only, never on the thread count, so results are
+// bitwise the same with any number of threads.
 template <typename scalar_t, typename acc_t>
 void grad_weight_gemm(const ConvParams& p, const acc_t* x, const acc_t* gy, Tensor& grad_weight) {
   const int64_t G = p.groups, cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
-  const int64_t panels = panels_for<acc_t>(cog), row_len = panels * panel_width<acc_t>();
-  // Input channels split into blocks of at most kGradWeightRows, as even as
-  // possible (rounded up to the 6-row micro-tile) so units balance.
-  const int64_t row_blocks = (cig + kGradWeightRows - 1) / kGradWeightRows;
+  const int64_t taps = p.taps(), width = panel_width<acc_t>();
+  const int64_t panels = panels_for<acc_t>(cog), row_len = panels * width;
+  // Channel blocks: a multiple of the 6-row micro-tile, at most
+  // kGradWeightRows, and small enough for every tap's C block to fit the
+  // budget; as even as possible so units balance.
+  const int64_t budget_rows =
+      kGradWeightAccBytes / (taps * row_len * static_cast<int64_t>(sizeof(acc_t))) / 6 * 6;
+  const int64_t max_rows = std::clamp<int64_t>(budget_rows, 6, kGradWeightRows);
+  const int64_t row_blocks = (cig + max_rows - 1) / max_rows;
   const int64_t block_rows = ((cig + row_blocks - 1) / row_blocks + 5) / 6 * 6;
+  // Pixel segments: enough units for kGradWeightUnits, each at least
+  // kGradWeightSegmentPixels long, all partials within kGradWeightPartialBytes.
+  const int64_t pixels = p.batch * p.out_height * p.out_width;
+  const int64_t partial_bytes = grad_weight.numel() * static_cast<int64_t>(sizeof(acc_t));
+  int64_t segments = (kGradWeightUnits + G * row_blocks - 1) / (G * row_blocks);
+  segments = std::min(segments, std::max<int64_t>(1, pixels / kGradWeightSegmentPixels));
+  segments = std::min(segments, std::max<int64_t>(1, kGradWeightPartialBytes / std::max<int64_t>(partial_bytes, 1)));
+  const int64_t segment_pixels = (pixels + segments - 1) / segments;
+  // Partials as [segment][g][tap][ci][co]; one segment writes grad_weight directly.
+  Tensor partials;
+  if (segments > 1)
+    partials = at::empty({segments, G, taps, cig, cog},
+                         grad_weight.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  acc_t* partial_data = partials.defined() ? partials.data_ptr<acc_t>() : nullptr;
   const Strides4 ws(grad_weight);
   scalar_t* gw_data = grad_weight.data_ptr<scalar_t>();
+  // Buffer rows are padded by one panel so their stride is never a multiple of
+  // a large power of two (rows 2^k bytes apart share a few L1 sets).
+  const int64_t gy_ld = row_len + width, x_ld = block_rows + width;
 
-  at::parallel_for(0, G * p.taps() * row_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(block_rows * row_len);
-    std::vector<const acc_t*> x_pixels(kGradWeightChunk), gy_pixels(kGradWeightChunk);
+  at::parallel_for(0, G * row_blocks * segments, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(taps * block_rows * row_len);
+    std::vector<acc_t> gy_chunk(kGradWeightChunk * gy_ld), x_chunk(kGradWeightChunk * x_ld);
+    std::vector<const acc_t*> x_rows(kGradWeightChunk), gy_rows(kGradWeightChunk);
+    std::vector<int64_t> chunk_n(kGradWeightChunk), chunk_oh(kGradWeightChunk),
+        chunk_ow(kGradWeightChunk);
     for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t block = unit % row_blocks, tap = (unit / row_blocks) % p.taps();
-      const int64_t g = unit / (row_blocks * p.taps());
-      const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
-      const int64_t ci0 = block * block_rows;
-      const int64_t rows = std::min(block_rows, cig - ci0);
+      const int64_t segment = unit % segments, block = (unit / segments) % row_blocks;
+      const int64_t g = unit / (segments * row_blocks);
+      const int64_t ci0 = block * block_rows, rows = std::min(block_rows, cig - ci0);
+      const int64_t pix_begin = segment * segment_pixels;
+      const int64_t pix_end = std::min(pixels, pix_begin + segment_pixels);
       std::fill(acc.begin(), acc.end(), acc_t(0));
-      int64_t chunk = 0;
-      auto flush = [&] {
-        outer_gemm(OuterGemmArgs<acc_t>{rows, chunk, panels, x_pixels.data(), gy_pixels.data(),
-                                        acc.data()});
-        chunk = 0;
-      };
-      for_each_valid_pixel(p, kh, kw, [&](int64_t n, int64_t oh, int64_t ow, int64_t ih, int64_t iw) {
-        x_pixels[chunk] = x + ((n * p.in_height + ih) * p.in_width + iw) * p.in_channels + g * cig + ci0;
-        gy_pixels[chunk] = gy + ((n * p.out_height + oh) * p.out_width + ow) * p.out_channels + g * cog;
-        if (++chunk == kGradWeightChunk) flush();
-      });
-      flush();
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t co = 0; co < cog; ++co)
-          gw_data[ws.offset(g * cog + co, ci0 + i, kh, kw)] =
-              static_cast<scalar_t>(acc[i * row_len + co]);
+      for (int64_t c0 = pix_begin; c0 < pix_end; c0 += kGradWeightChunk) {
+        const int64_t count = std::min(kGradWeightChunk, pix_end - c0);
+        for (int64_t k = 0; k < count; ++k) {
+          const int64_t pix = c0 + k;
+          chunk_ow[k] = pix % p.out_width;
+          chunk_oh[k] = (pix / p.out_width) % p.out_height;
+          chunk_n[k] = pix / (p.out_width * p.out_height);
+          const acc_t* src = gy + pix * p.out_channels + g * cog;
+          acc_t* dst = gy_chunk.data() + k * gy_ld;
+          std::copy(src, src + cog, dst);
+          std::fill(dst + cog, dst + row_len, acc_t(0));
+        }
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
+          const IndexRange oh_valid =
+              valid_out_range(p.in_height, p.out_height, kh, p.stride_h, p.pad_top, p.dilation_h);
+          const IndexRange ow_valid =
+              valid_out_range(p.in_width, p.out_width, kw, p.stride_w, p.pad_left, p.dilation_w);
+          int64_t depth = 0;
+          for (int64_t k = 0; k < count; ++k) {
+            const int64_t oh = chunk_oh[k], ow = chunk_ow[k];
+            if (oh < oh_valid.begin || oh >= oh_valid.end || ow < ow_valid.begin || ow >= ow_valid.end)
+              continue;
+            const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
+            const int64_t iw = input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w);
+            const acc_t* src =
+                x + ((chunk_n[k] * p.in_height + ih) * p.in_width + iw) * p.in_channels + g * cig + ci0;
+            acc_t* dst = x_chunk.data() + depth * x_ld;
+            std::copy(src, src + rows, dst);
+            x_rows[depth] = dst;
+            gy_rows[depth] = gy_chunk.data() + k * gy_ld;
+            ++depth;
+          }
+          outer_gemm(OuterGemmArgs<acc_t>{rows, depth, panels, x_rows.data(), gy_rows.data(),
+                                          acc.data() + tap * block_rows * row_len});
+        }
+      }
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
+        const acc_t* c = acc.data() + tap * block_rows * row_len;
+        for (int64_t i = 0; i < rows; ++i) {
+          if (partial_data) {
+            acc_t* dst = partial_data + (((segment * G + g) * taps + tap) * cig + ci0 + i) * cog;
+            std::copy(c + i * row_len, c + i * row_len + cog, dst);
+          } else {
+            for (int64_t co = 0; co < cog; ++co)
+              gw_data[ws.offset(g * cog + co, ci0 + i, kh, kw)] = static_cast<scalar_t>(c[i * row_len + co]);
+          }
+        }
+      }
+    }
+  });
+  if (!partial_data) return;
+  // grad_w = partial[0] + partial[1] + ..., in segment order.
+  const int64_t per_segment = G * taps * cig * cog;
+  at::parallel_for(0, G * taps * cig, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t ci = r % cig, tap = (r / cig) % taps, g = r / (cig * taps);
+      const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
+      for (int64_t co = 0; co < cog; ++co) {
+        acc_t sum = partial_data[r * cog + co];
+        for (int64_t s = 1; s < segments; ++s) sum += partial_data[s * per_segment + r * cog + co];
+        gw_data[ws.offset(g * cog + co, ci, kh, kw)] = static_cast<scalar_t>(sum);
+      }
     }
   });
 }
@@ -752,7 +826,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
     // (the bfloat16 dot-product grad_input reads its own pair copy).
     Tensor gy_acc;
     auto gy_rows = [&]() -> const Tensor& {
-      if (!gy_acc.defined()) gy_acc = padded_nhwc<acc_t>(grad_output, p.groups);
+      if (!gy_acc.defined()) gy_acc = to_nhwc<acc_t>(grad_output);
       return gy_acc;
     };
     if (output_mask[0] && grad_input.numel() > 0) {
