@@ -53,7 +53,7 @@ constexpr int64_t kDepthwiseTile = 32;
 // kGradWeightSegmentPixels long, all partial sums within
 // kGradWeightPartialBytes.
 constexpr int64_t kGradWeightRows = 96;
-constexpr int64_t kGradWeightAccBytes = 256 * 1024;
+constexpr int64_t kGradWeightAccBytes = 1024 * 1024;
 constexpr int64_t kGradWeightChunk = 256;
 constexpr int64_t kGradWeightUnits = 16;
 constexpr int64_t kGradWeightSegmentPixels = 2048;
