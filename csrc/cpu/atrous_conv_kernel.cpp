@@ -174,47 +174,50 @@ struct Strides4 {
 };
 
 // The B operand of the gathered GEMM, packed once per call into column panels
-// of `width` (the micro-kernel's panel) with k taken `kpack` at a time (1 for
+// of kWidth (the micro-kernel's panel) with k taken kPack at a time (1 for
 // the float/double GEMM, 2 for the bfloat16 pairs of GatherGemmBf16Args):
-//   packed[g][tap][panel][q][j][t] = B_{g,tap}[k = q*kpack + t][col = panel*width + j],
+//   packed[g][tap][panel][q][j][t] = B_{g,tap}[k = q*kPack + t][col = panel*kWidth + j],
 // zero for k >= depth or col >= cols, where
 //   forward:    B_{g,tap}[k][col] = w[g*Cog + col][k][tap]   (depth Cig, cols Cog)
 //   grad_input: B_{g,tap}[k][col] = w[g*Cog + k][col][tap]   (depth Cog, cols Cig).
 // A unit packs every tap of one (group, panel). It walks k, then taps, then
 // columns: the taps of one w[.][.] are adjacent, so each weight line is read
 // once, and each tap's panel is written sequentially.
-template <typename T>
-Tensor pack_weight_panels(const Tensor& weight, const ConvParams& p, bool transposed,
-                          int64_t width, int64_t kpack) {
+template <typename T, int64_t kWidth, int64_t kPack>
+Tensor pack_weight_panels(const Tensor& weight, const ConvParams& p, bool transposed) {
   const auto dtype = c10::CppTypeToScalarType<T>::value;
   const Tensor w = weight.to(dtype).contiguous();  // [Cout][Cig][taps]
   const int64_t G = p.groups, cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
   const int64_t taps = p.taps();
   const int64_t depth = transposed ? cog : cig, cols = transposed ? cig : cog;
-  const int64_t kq = (depth + kpack - 1) / kpack, panels = (cols + width - 1) / width;
+  const int64_t kq = (depth + kPack - 1) / kPack, panels = (cols + kWidth - 1) / kWidth;
   // Element offsets of w[k][col] of B_{g,tap} at tap 0 along k and along col.
   const int64_t k_stride = transposed ? cig * taps : taps;
   const int64_t col_stride = transposed ? taps : cig * taps;
-  Tensor packed = at::empty({G, taps, panels, kq, width, kpack}, weight.options().dtype(dtype));
+  Tensor packed = at::empty({G, taps, panels, kq, kWidth, kPack}, weight.options().dtype(dtype));
   const T* src = w.data_ptr<T>();
   T* dst = packed.data_ptr<T>();
+  const int64_t tap_stride = panels * kq * kWidth * kPack;
   at::parallel_for(0, G * panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t g = unit / panels, panel = unit % panels;
-      const int64_t col0 = panel * width, valid_cols = std::min(width, cols - col0);
-      const T* group_src = src + g * cog * cig * taps + col0 * col_stride;
-      T* panel_dst = dst + (g * taps * panels + panel) * kq * width * kpack;
-      const int64_t tap_stride = panels * kq * width * kpack;
+      const int64_t valid_cols = std::min(kWidth, cols - panel * kWidth);
+      const T* group_src = src + g * cog * cig * taps + panel * kWidth * col_stride;
+      T* panel_dst = dst + (g * taps * panels + panel) * kq * kWidth * kPack;
       for (int64_t q = 0; q < kq; ++q) {
+        const bool full = valid_cols == kWidth && (q + 1) * kPack <= depth;
         for (int64_t tap = 0; tap < taps; ++tap) {
-          T* out = panel_dst + tap * tap_stride + q * width * kpack;
-          for (int64_t j = 0; j < width; ++j) {
-            for (int64_t t = 0; t < kpack; ++t) {
-              const int64_t k = q * kpack + t;
-              *out++ = k < depth && j < valid_cols
-                           ? group_src[k * k_stride + j * col_stride + tap]
-                           : T(0);
-            }
+          T* out = panel_dst + tap * tap_stride + q * kWidth * kPack;
+          const T* in = group_src + q * kPack * k_stride + tap;
+          if (full) {  // the common case: fixed trip counts, no bounds
+            for (int64_t j = 0; j < kWidth; ++j)
+              for (int64_t t = 0; t < kPack; ++t) out[j * kPack + t] = in[t * k_stride + j * col_stride];
+          } else {
+            for (int64_t j = 0; j < kWidth; ++j)
+              for (int64_t t = 0; t < kPack; ++t)
+                out[j * kPack + t] = j < valid_cols && q * kPack + t < depth
+                                         ? in[t * k_stride + j * col_stride]
+                                         : T(0);
           }
         }
       }
@@ -452,8 +455,7 @@ bool forward_bf16_dot(const ConvParams& p, const Tensor& input, const Tensor& we
   } else {
     if (!cpu::bf16_dot_active()) return false;
     const PairRows x = bf16_pair_rows(input, p.groups);
-    const Tensor w = pack_weight_panels<BFloat16>(weight, p, /*transposed=*/false,
-                                                  cpu::kBf16PanelColumns, 2);
+    const Tensor w = pack_weight_panels<BFloat16, cpu::kBf16PanelColumns, 2>(weight, p, /*transposed=*/false);
     forward_gemm<scalar_t, float, BFloat16>(p, x.rows, x.depth, w.data_ptr<BFloat16>(), bias, out);
     return true;
   }
@@ -481,8 +483,7 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
                                          out);
     } else if (!forward_bf16_dot<scalar_t>(p, input, weight, bias_ptr, out)) {
       const Tensor x = to_nhwc<acc_t>(input);
-      const Tensor w = pack_weight_panels<acc_t>(weight, p, /*transposed=*/false,
-                                                 panel_width<acc_t>(), 1);
+      const Tensor w = pack_weight_panels<acc_t, panel_width<acc_t>(), 1>(weight, p, /*transposed=*/false);
       forward_gemm<scalar_t, acc_t, acc_t>(p, nhwc_rows<acc_t>(x, p.groups),
                                            p.in_channels_per_group(), w.data_ptr<acc_t>(),
                                            bias_ptr, out);
@@ -800,8 +801,7 @@ bool grad_input_bf16_dot(const ConvParams& p, const Tensor& grad_output, const T
   } else {
     if (!cpu::bf16_dot_active()) return false;
     const PairRows gy = bf16_pair_rows(grad_output, p.groups);
-    const Tensor w = pack_weight_panels<BFloat16>(weight, p, /*transposed=*/true,
-                                                  cpu::kBf16PanelColumns, 2);
+    const Tensor w = pack_weight_panels<BFloat16, cpu::kBf16PanelColumns, 2>(weight, p, /*transposed=*/true);
     grad_input_gemm<scalar_t, float, BFloat16>(p, gy.rows, gy.depth, w.data_ptr<BFloat16>(),
                                                grad_input);
     return true;
@@ -835,8 +835,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
         grad_input_depthwise<scalar_t, acc_t>(p, gy_rows().data_ptr<acc_t>(), w.data_ptr<acc_t>(),
                                               grad_input);
       } else if (!grad_input_bf16_dot<scalar_t>(p, grad_output, weight, grad_input)) {
-        const Tensor w = pack_weight_panels<acc_t>(weight, p, /*transposed=*/true,
-                                                   panel_width<acc_t>(), 1);
+        const Tensor w = pack_weight_panels<acc_t, panel_width<acc_t>(), 1>(weight, p, /*transposed=*/true);
         grad_input_gemm<scalar_t, acc_t, acc_t>(p, nhwc_rows<acc_t>(gy_rows(), p.groups),
                                                 p.out_channels_per_group(), w.data_ptr<acc_t>(),
                                                 grad_input);
