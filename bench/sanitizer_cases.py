@@ -4,10 +4,11 @@
     compute-sanitizer --tool racecheck python bench/sanitizer_cases.py
 
 Covers, per dtype: the implicit-GEMM forward and grad_input (SIMT for
-float/double, tensor cores for half/bfloat16) with partial tiles, stride,
-asymmetric padding and groups; grad_weight (split and reduce); the depthwise
-kernels with a channel multiplier; grad_bias. Each result is compared with the
-CPU kernels, so a kernel that reads garbage also fails here.
+float/double, tensor cores for half/bfloat16, and for float32 once more with
+TF32 allowed) with partial tiles, stride, asymmetric padding and groups, and
+several cp.async K steps per tap; grad_weight (split and reduce); the
+depthwise kernels with a channel multiplier; grad_bias. Each result is
+compared with the CPU kernels, so a kernel that reads garbage also fails here.
 """
 import sys
 
@@ -23,6 +24,18 @@ CASES = [
     (1, 13, 7, 6, 9, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),         # channels not a multiple of 8
     (2, 8, 7, 9, 16, 3, 3, (1, 1), (4, 4, 4, 4), (4, 4), 8),         # depthwise, multiplier 2
     (1, 32, 1, 64, 32, 1, 3, (1, 1), (0, 0, 16, 0), (1, 8), 1),      # 1-D causal
+    (1, 80, 9, 10, 48, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 1),       # 3-5 aligned K steps per tap
+]
+
+# (label, dtype, relative tolerance, allow TF32): float32 runs the exact SIMT
+# kernels, and with TF32 allowed the tensor-core ones (error up to about
+# 4 * 2^-11 * sqrt(K) of the largest value, K <= 720 here).
+PASSES = [
+    ("float32", torch.float32, 1e-4, False),
+    ("float32+tf32", torch.float32, 5e-2, True),
+    ("float64", torch.float64, 1e-10, False),
+    ("float16", torch.float16, 2e-2, False),
+    ("bfloat16", torch.bfloat16, 8e-2, False),
 ]
 
 
@@ -31,7 +44,9 @@ def main():
         print("sanitizer_cases: no CUDA device", file=sys.stderr)
         return 2
     failures = 0
-    for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-10), (torch.float16, 2e-2), (torch.bfloat16, 8e-2)):
+    saved_tf32 = torch.backends.cuda.matmul.allow_tf32
+    for label, dtype, tol, tf32 in PASSES:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
         for n, cin, h, w, cout, kh, kw, stride, pad, dil, groups in CASES:
             gen = torch.Generator().manual_seed(0)
             x = torch.randn(n, cin, h, w, generator=gen).to(dtype)
@@ -49,8 +64,9 @@ def main():
                 err = (ours.cpu().double() - ref.double()).abs().max().item() / max(ref.double().abs().max().item(), 1e-30)
                 ok = err <= tol
                 failures += not ok
-                print(f"{str(dtype):15} {str((n, cin, h, w, cout, kh, kw, stride, pad, dil, groups)):60} {name:12} "
+                print(f"{label:15} {str((n, cin, h, w, cout, kh, kw, stride, pad, dil, groups)):60} {name:12} "
                       f"rel.err {err:.1e} {'ok' if ok else 'FAIL'}")
+    torch.backends.cuda.matmul.allow_tf32 = saved_tf32
     print("all sanitizer cases matched the CPU kernels" if not failures else f"{failures} case(s) FAILED")
     return 1 if failures else 0
 

@@ -3,7 +3,9 @@
 tests/emulation/emulated_kernels.cpp compiles csrc/cuda/conv_kernels.cuh and
 the host side of the CUDA ops (csrc/cuda/conv_host.h) as host C++ with
 ATROUS_CUDA_EMULATION (csrc/cuda/emulation.h: one std::thread per CUDA
-thread, std::barrier for __syncthreads, function statics for __shared__).
+thread, std::barrier for __syncthreads, function statics for __shared__, and
+cp.async copies that land only when the wait retiring their group runs, so a
+pipeline that reads a stage too early reads stale data).
 That runs every kernel: the float and double SIMT implicit GEMMs and the
 half, bfloat16 and TF32 tensor-core ones (WMMA emulated functionally), all
 with the tap-class pixel order, the split grad_weight and its ordered
@@ -60,6 +62,10 @@ CASES = {
     "split_reductions": ((2, 3, 33, 33), (5, 3, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     "split_reductions_depthwise": ((1, 4, 48, 48), (4, 1, 3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 4),
     "empty_batch": ((0, 8, 7, 7), (8, 8, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    # channels a multiple of 8 (16-byte rows: the tensor-core kernels' cp.async path), 40 in and 24
+    # out: the forward takes 2 (16-bit) or 3 (TF32) K steps per tap, the last one partly past the
+    # depth; grad_weight 3 or 6 pixel steps
+    "aligned_channel_blocks": ((1, 40, 10, 9), (24, 40, 3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1),
 }
 
 # Relative to the largest reference magnitude. Both sides accumulate in the
@@ -138,7 +144,8 @@ def test_emulated_cuda_kernels_are_deterministic(emulated):
 
 
 
-@pytest.mark.parametrize("name", ["aspp_rate4", "partial_tiles", "groups3", "split_reductions"])
+@pytest.mark.parametrize("name", ["aspp_rate4", "partial_tiles", "groups3", "split_reductions",
+                                  "aligned_channel_blocks"])
 def test_emulated_tf32_kernels_match_the_cpu_kernels_to_tf32_precision(emulated, name, tf32_matmul):
     """With allow_tf32, float32 runs the TF32 tensor-core kernels: inputs keep
     10 mantissa bits (unit roundoff 2^-11), so against the exact CPU result the

@@ -307,17 +307,27 @@ __global__ void __launch_bounds__(256, 2)
 
 // ------------------------------------- implicit GEMM, tensor cores (fp16/bf16) --
 
-// 128 x 128 tile per block, BK = 32; 8 warps in a 4 x 2 grid, each owning a
-// 32 x 64 slab of C as 2 x 4 WMMA 16x16 fragments with fp32 accumulators.
-// A is staged row-major (BM x BK), B row-major (BK x BN); rows are padded by
-// 16 bytes so fragment loads do not all hit the same banks. Global loads move
-// 16-byte chunks (8 half/bfloat16 or 4 float values).
+// 128 x 128 tile per block; 8 warps in a 4 x 2 grid, each owning a 32 x 64
+// slab of C as 2 x 4 WMMA 16x16 fragments with fp32 accumulators. A K step
+// stages 64 bytes of K per A row: BK = 32 for half/bfloat16, 16 for float
+// (tc_block_k), so that two stages of A and B fit the 48 KB of static shared
+// memory for every type. A is staged row-major (BM x BK), B row-major
+// (BK x BN); rows are padded by 16 bytes so fragment loads do not all hit the
+// same banks. Global loads move 16-byte chunks (8 half/bfloat16 or 4 float
+// values), by cp.async where the source is 16-byte aligned.
 //
 // float runs here only as TF32 (10-bit mantissa products, fp32 sums), when
 // torch.backends.cuda.matmul.allow_tf32 asks for it; exact fp32 takes the
-// SIMT kernel.
+// SIMT kernel. A smaller BK for float does not change what is summed in which
+// order: the WMMA steps still walk K eight values at a time, in order.
 namespace wmma = nvcuda::wmma;
-constexpr int kTcBM = 128, kTcBN = 128, kTcBK = 32;
+constexpr int kTcBM = 128, kTcBN = 128;
+constexpr int kTcThreads = 256, kTcWarps = kTcThreads / 32;
+
+template <typename T>
+constexpr int tc_block_k() {
+  return 64 / static_cast<int>(sizeof(T));
+}
 
 template <typename T>
 struct TensorCoreTraits;
@@ -354,13 +364,46 @@ __device__ __forceinline__ void prepare_fragment(Fragment& f) {
   if constexpr (sizeof(T) == 4) round_to_tf32(f);
 }
 
-// Loads one 16-byte chunk when allowed, else one element at a time with
-// bounds; `limit` is the number of valid elements from `src`.
+// cp.async (sm_80+): copies 16 bytes from global to shared memory without
+// passing through registers; the first src_bytes (0..16) come from src, the
+// rest are zeros. Copies are grouped by cp_async_commit; cp_async_wait<N>
+// returns once at most the N newest groups of this thread are in flight, and
+// only then may this thread read the bytes (other threads: after a barrier).
+// The emulation (emulation.h) defers each copy to the wait that retires it.
+#if defined(ATROUS_CUDA_EMULATION)
+using ::atrous::emulation::cp_async_16;
+using ::atrous::emulation::cp_async_commit;
+using ::atrous::emulation::cp_async_wait;
+#else
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "atrous_cuda's tensor-core kernels use cp.async and bfloat16 WMMA: compute capability >= 8.0"
+#endif
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
+  const unsigned dst_shared = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst_shared), "l"(src),
+               "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+#endif
+
+// Starts loading one 16-byte chunk of shared memory: by cp.async when the
+// source is 16-byte aligned (vector_ok) and holds a whole chunk, else element
+// by element with plain loads and stores (zeros past `limit`, the number of
+// valid elements from `src`). Either way the chunk is complete for this
+// thread after its next cp_async_wait.
 template <typename T>
-__device__ __forceinline__ void load_chunk(T* dst, const T* src, int64_t limit, bool vector_ok) {
+__device__ __forceinline__ void copy_chunk_async(T* dst, const T* src, int64_t limit,
+                                                 bool vector_ok) {
   constexpr int kChunk = chunk_elems<T>();
   if (vector_ok && limit >= kChunk) {
-    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    cp_async_16(dst, src, 16);
   } else {
 #pragma unroll
     for (int i = 0; i < kChunk; ++i) dst[i] = i < limit ? src[i] : zero_value<T>();
@@ -372,6 +415,33 @@ __device__ __forceinline__ void zero_chunk(T* dst) {
   *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
 }
 
+// One pipeline stage of a tensor-core kernel: the A and B tiles of one K step.
+template <typename T, int kARows, int kACols, int kBRows, int kBCols>
+struct TcStage {
+  T a[kARows][kACols];
+  T b[kBRows][kBCols];
+};
+
+// Shared memory of a tensor-core kernel: two stages (the K step being
+// multiplied, the next one loading), and after the main loop the epilogue's
+// per-warp 16x16 float scratch in the same bytes.
+template <typename Stage>
+union TcTiles {
+  Stage stage[2];
+  float scratch[kTcWarps][16 * 16];
+};
+
+// WMMA loads and stores want 32-byte aligned pointers, cp.async 16-byte
+// aligned ones. Inside an array the fragment offsets are multiples of 32
+// bytes: fragments start 16 rows (or kK >= 8 rows) of a multiple of 16 bytes
+// apart, and 16 values (or kK values, 32 bytes) across. So with the union
+// 128-byte aligned, every pointer is aligned when both arrays of a stage are
+// a multiple of 32 bytes long.
+template <typename Stage>
+constexpr bool tc_stage_aligned() {
+  return sizeof(Stage) % 32 == 0 && sizeof(Stage::a) % 32 == 0;
+}
+
 // Two blocks per SM (<= 128 registers) for 16-bit inputs; TF32 fragments take
 // more registers, so float gets one block per SM rather than spills.
 template <typename T>
@@ -379,13 +449,88 @@ constexpr int tc_min_blocks() {
   return sizeof(T) == 4 ? 1 : 2;
 }
 
+// Issues the loads of the implicit GEMM's K step (tap, c0) into `stage` and
+// commits them as one cp.async group: A = the tile's 128 rows through the
+// tap's row_offset (load_tap_row_offsets), channels c0 .. c0 + BK; B = rows
+// c0 .. c0 + BK of the tap's packed weights, columns n0 .. n0 + 128. Padding
+// rows and channels past the depth become zeros.
+template <typename T, bool kGradInput, typename Stage>
+__device__ __forceinline__ void issue_tc_gemm_step(Stage& stage, const ImplicitGemmArgs& args,
+                                                   const GemmShape<kGradInput>& shape,
+                                                   const int64_t* row_offset, int64_t group,
+                                                   int64_t tap, int64_t c0, int64_t n0) {
+  constexpr int kChunk = chunk_elems<T>(), kBK = tc_block_k<T>();
+  constexpr int kAChunksPerRow = kBK / kChunk, kBChunksPerRow = kTcBN / kChunk;
+  const T* a = static_cast<const T*>(args.a);
+  const T* b_tap = static_cast<const T*>(args.b) +
+                   (group * args.conv.taps() + tap) * shape.depth * args.b_cols;
+  const int tid = threadIdx.x;
+  for (int e = tid; e < kTcBM * kAChunksPerRow; e += kTcThreads) {
+    const int r = e / kAChunksPerRow, q = (e % kAChunksPerRow) * kChunk;
+    const int64_t off = row_offset[r], c = c0 + q;
+    if (off >= 0 && c < shape.depth)
+      copy_chunk_async(&stage.a[r][q], a + off + c, shape.depth - c, args.a_vector_ok);
+    else
+      zero_chunk(&stage.a[r][q]);
+  }
+  // Packed B rows are padded to b_cols (a multiple of 8) on a fresh
+  // allocation, so every chunk is 16-byte aligned and whole.
+  for (int e = tid; e < kBK * kBChunksPerRow; e += kTcThreads) {
+    const int kk = e / kBChunksPerRow, q = (e % kBChunksPerRow) * kChunk;
+    const int64_t k = c0 + kk, col = n0 + q;
+    if (k < shape.depth && col < args.b_cols)
+      copy_chunk_async(&stage.b[kk][q], b_tap + k * args.b_cols + col, args.b_cols - col, true);
+    else
+      zero_chunk(&stage.b[kk][q]);
+  }
+  cp_async_commit();
+}
+
+// The first tap at or after `tap` that some row of the tile reads inside the
+// image, with its row offsets loaded into row_offset; p.taps() when none is
+// left (the padding skip). Each tap it looks at is a barrier, so the whole
+// block must call it.
+template <bool kGradInput, int BM>
+__device__ __forceinline__ int64_t next_useful_tap(const ConvParams& p, const Pixel* row_pixel,
+                                                   int64_t tap, int64_t group,
+                                                   int64_t* row_offset) {
+  for (; tap < p.taps(); ++tap)
+    if (load_tap_row_offsets<kGradInput, BM>(p, row_pixel, tap / p.kernel_width,
+                                             tap % p.kernel_width, group, row_offset))
+      break;
+  return tap;
+}
+
+// The K loop is one flat sequence of steps (tap, c0): the useful taps in
+// order and, within each, the channel blocks c0 = 0, BK, 2 BK, ... < depth.
+// Two stages: while step s is multiplied out of stage s % 2, the loads of
+// step s + 1 are in flight into the other stage, across tap boundaries too.
+//
+// Why it is race-free (one barrier per step, plus those of next_useful_tap
+// when a step starts a new tap). Iteration s runs: wait for this thread's
+// copies; barrier B(s); compute the next step (maybe next_useful_tap); issue
+// its loads into stage (s + 1) % 2; multiply stage s % 2.
+//  * Stage s % 2 is complete when it is multiplied: every thread's copies of
+//    step s (its only group in flight) have landed at its wait, its plain
+//    stores (zero chunks, unaligned fallback) came earlier in program order,
+//    and B(s) makes them all visible to the whole block.
+//  * Loads of step s + 1 overwrite nothing still being read: stage (s + 1) % 2
+//    was last read by the multiply of step s - 1, which every thread finished
+//    before reaching B(s), and the loads are issued after B(s).
+//  * row_offset is read only while issuing (into the source addresses, not by
+//    the copies themselves). next_useful_tap rewrites it after B(s), when all
+//    reads for step s (issued in iteration s - 1, before B(s)) are done, and
+//    its own barrier orders the new values before the issue of step s + 1.
+//  * tap and c0 depend only on the shape and on __syncthreads_or results, so
+//    every thread takes the same path through the barriers.
+//  * The epilogue's scratch aliases the stages: after the loop no copy is in
+//    flight (the last iteration waited and issued nothing), and one more
+//    barrier waits for the warps still multiplying the last stage.
 template <typename T, bool kGradInput>
-__global__ void __launch_bounds__(256, tc_min_blocks<T>())
+__global__ void __launch_bounds__(kTcThreads, tc_min_blocks<T>())
     implicit_gemm_tc_kernel(const ImplicitGemmArgs args) {
   const ConvParams& p = args.conv;
   const GemmShape<kGradInput> shape(p);
-  const T* a = static_cast<const T*>(args.a);
-  const T* b = static_cast<const T*>(args.b);
   // Block x enumerates (group, M tile); y the N tile.
   const int64_t tiles_m = (shape.M + kTcBM - 1) / kTcBM;
   const int64_t group = blockIdx.x / tiles_m;
@@ -395,82 +540,73 @@ __global__ void __launch_bounds__(256, tc_min_blocks<T>())
 
   using Traits = TensorCoreTraits<T>;
   using F = typename Traits::fragment_t;
-  constexpr int kChunk = chunk_elems<T>(), kPad = chunk_elems<T>();
-  __shared__ __align__(128) T As[kTcBM][kTcBK + kPad];
-  __shared__ __align__(128) T Bs[kTcBK][kTcBN + kPad];
-  __shared__ __align__(128) float scratch[8][16 * 16];
+  constexpr int kBK = tc_block_k<T>(), kPad = chunk_elems<T>();
+  using Stage = TcStage<T, kTcBM, kBK + kPad, kBK, kTcBN + kPad>;
+  static_assert(tc_stage_aligned<Stage>(), "WMMA fragment pointers must be 32-byte aligned");
+  __shared__ __align__(128) TcTiles<Stage> tiles;
   __shared__ int64_t row_offset[kTcBM];
   __shared__ Pixel row_pixel[kTcBM];
   load_tile_pixels<kTcBM>(args, shape.M, m0, row_pixel);
 
-  wmma::fragment<wmma::accumulator, 16, 16, TensorCoreTraits<T>::kK, float> acc[2][4];
+  wmma::fragment<wmma::accumulator, 16, 16, Traits::kK, float> acc[2][4];
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
-  for (int64_t kh = 0; kh < p.kernel_height; ++kh) {
-    for (int64_t kw = 0; kw < p.kernel_width; ++kw) {
-      const int64_t tap = kh * p.kernel_width + kw;
-      if (!load_tap_row_offsets<kGradInput, kTcBM>(p, row_pixel, kh, kw, group, row_offset))
-        continue;  // the whole tile reads padding
-      const T* b_tap = b + (group * p.taps() + tap) * shape.depth * args.b_cols;
-      for (int64_t c0 = 0; c0 < shape.depth; c0 += kTcBK) {
-        // A: 128 rows x 32 channels, in 16-byte chunks.
-        for (int e = tid; e < kTcBM * (kTcBK / kChunk); e += blockDim.x) {
-          const int r = e / (kTcBK / kChunk), q = (e % (kTcBK / kChunk)) * kChunk;
-          const int64_t off = row_offset[r], c = c0 + q;
-          if (off >= 0 && c < shape.depth)
-            load_chunk(&As[r][q], a + off + c, shape.depth - c, args.a_vector_ok);
-          else
-            zero_chunk(&As[r][q]);
-        }
-        // B: 32 rows x 128 columns; packed rows are padded to b_cols (a
-        // multiple of 8) on a fresh allocation, so chunks are always aligned.
-        for (int e = tid; e < kTcBK * (kTcBN / kChunk); e += blockDim.x) {
-          const int kk = e / (kTcBN / kChunk), q = (e % (kTcBN / kChunk)) * kChunk;
-          const int64_t k = c0 + kk, col = n0 + q;
-          if (k < shape.depth && col < args.b_cols)
-            load_chunk(&Bs[kk][q], b_tap + k * args.b_cols + col, args.b_cols - col, true);
-          else
-            zero_chunk(&Bs[kk][q]);
-        }
-        __syncthreads();
+  const int64_t taps = p.taps();
+  int64_t tap = shape.depth > 0 ? next_useful_tap<kGradInput, kTcBM>(p, row_pixel, 0, group,
+                                                                     row_offset)
+                                : taps;
+  int64_t c0 = 0;
+  if (tap < taps)
+    issue_tc_gemm_step<T>(tiles.stage[0], args, shape, row_offset, group, tap, c0, n0);
+  for (int s = 0; tap < taps; s ^= 1) {
+    cp_async_wait<0>();
+    __syncthreads();
+    c0 += kBK;
+    if (c0 >= shape.depth) {
+      c0 = 0;
+      tap = next_useful_tap<kGradInput, kTcBM>(p, row_pixel, tap + 1, group, row_offset);
+    }
+    if (tap < taps)
+      issue_tc_gemm_step<T>(tiles.stage[s ^ 1], args, shape, row_offset, group, tap, c0, n0);
+
+    const Stage& cur = tiles.stage[s];
 #pragma unroll
-        for (int kk = 0; kk < kTcBK; kk += Traits::kK) {
-          wmma::fragment<wmma::matrix_a, 16, 16, Traits::kK, F, wmma::row_major> a_frag[2];
-          wmma::fragment<wmma::matrix_b, 16, 16, Traits::kK, F, wmma::row_major> b_frag[4];
+    for (int kk = 0; kk < kBK; kk += Traits::kK) {
+      wmma::fragment<wmma::matrix_a, 16, 16, Traits::kK, F, wmma::row_major> a_frag[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, Traits::kK, F, wmma::row_major> b_frag[4];
 #pragma unroll
-          for (int i = 0; i < 2; ++i) {
-            wmma::load_matrix_sync(a_frag[i], &As[warp_m * 32 + i * 16][kk], kTcBK + kPad);
-            prepare_fragment<T>(a_frag[i]);
-          }
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            wmma::load_matrix_sync(b_frag[j], &Bs[kk][warp_n * 64 + j * 16], kTcBN + kPad);
-            prepare_fragment<T>(b_frag[j]);
-          }
-#pragma unroll
-          for (int i = 0; i < 2; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) wmma::mma_sync(acc[i][j], a_frag[i], b_frag[j], acc[i][j]);
-        }
-        __syncthreads();
+      for (int i = 0; i < 2; ++i) {
+        wmma::load_matrix_sync(a_frag[i], &cur.a[warp_m * 32 + i * 16][kk], kBK + kPad);
+        prepare_fragment<T>(a_frag[i]);
       }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        wmma::load_matrix_sync(b_frag[j], &cur.b[kk][warp_n * 64 + j * 16], kTcBN + kPad);
+        prepare_fragment<T>(b_frag[j]);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) wmma::mma_sync(acc[i][j], a_frag[i], b_frag[j], acc[i][j]);
     }
   }
+  __syncthreads();  // scratch aliases the stages other warps may still be reading
   // Epilogue: each warp stages one 16x16 fragment at a time in its own scratch.
+  float* scratch = tiles.scratch[warp];
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      wmma::store_matrix_sync(scratch[warp], acc[i][j], 16, wmma::mem_row_major);
+      wmma::store_matrix_sync(scratch, acc[i][j], 16, wmma::mem_row_major);
       __syncwarp();
       for (int e = lane; e < 256; e += 32) {
         const int r = warp_m * 32 + i * 16 + e / 16;
         const int64_t col = n0 + warp_n * 64 + j * 16 + e % 16;
         if (row_pixel[r].n >= 0 && col < shape.cols)
-          store_result<kGradInput, T>(args, shape, row_pixel[r], col, group, scratch[warp][e]);
+          store_result<kGradInput, T>(args, shape, row_pixel[r], col, group, scratch[e]);
       }
       __syncwarp();
     }
@@ -482,7 +618,7 @@ void launch_implicit_gemm_tc(const ImplicitGemmArgs& args, const GemmShape<kGrad
   const int64_t gy = ceil_div_host(shape.cols, kTcBN);
   check_grid(gx, gy, 1, "implicit GEMM");
   constexpr auto kernel = implicit_gemm_tc_kernel<T, kGradInput>;
-  ATROUS_LAUNCH(kernel, grid3(gx, gy, 1), 256, args.stream, args);
+  ATROUS_LAUNCH(kernel, grid3(gx, gy, 1), kTcThreads, args.stream, args);
 }
 
 template <typename T, bool kGradInput>
@@ -521,6 +657,7 @@ void launch_implicit_gemm(const ImplicitGemmArgs& args) {
 //   pixel k -> (n, oh, ow),  k = (n * rows_h + (oh - oh0)) * rows_w + (ow - ow0).
 struct TapPixels {
   int64_t oh0, ow0, rows_h, rows_w, count;
+  TapPixels() = default;  // for __shared__ copies
   __device__ TapPixels(const ConvParams& p, int64_t kh, int64_t kw) {
     const IndexRange h =
         valid_out_range(p.in_height, p.out_height, kh, p.stride_h, p.pad_top, p.dilation_h);
@@ -666,68 +803,115 @@ __global__ void __launch_bounds__(256, 2) grad_weight_simt_kernel(const GradWeig
     }
 }
 
-// Tensor-core grad_weight: A = grad_y^T staged column-major (As[k][co]),
-// B = x staged row-major (Bs[k][ci]); 128 x 128 tile, BK = 32 pixels.
-template <typename T>
-__global__ void __launch_bounds__(256, tc_min_blocks<T>()) grad_weight_tc_kernel(const GradWeightArgs args) {
+// Issues the loads of grad_weight K step k0 (pixels k0 .. k0 + BK of the tap,
+// their offsets in gy_off / x_off from load_chunk_pixel_offsets) into `stage`
+// and commits them as one cp.async group: A = grad_y rows, channels
+// m0 .. m0 + 128 (Cout), B = input rows, channels n0 .. n0 + 128 (Cin).
+// Pixels past the split and channels past the group become zeros.
+template <typename T, typename Stage>
+__device__ __forceinline__ void issue_tc_grad_weight_step(Stage& stage, const GradWeightArgs& args,
+                                                          const int64_t* gy_off,
+                                                          const int64_t* x_off, int64_t m0,
+                                                          int64_t n0) {
+  constexpr int kChunk = chunk_elems<T>(), kBK = tc_block_k<T>();
+  constexpr int kAChunksPerRow = kTcBM / kChunk, kBChunksPerRow = kTcBN / kChunk;
   const ConvParams& p = args.conv;
   const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
-  const GradWeightTile tile = grad_weight_tile<kTcBM, kTcBN>(p);
-  const int64_t tap = tile.tap, group = tile.group, kh = tile.kh, kw = tile.kw;
-  const int64_t m0 = tile.m0, n0 = tile.n0;
   const T* gy = static_cast<const T*>(args.grad_output);
   const T* x = static_cast<const T*>(args.input);
+  const int tid = threadIdx.x;
+  for (int e = tid; e < kBK * kAChunksPerRow; e += kTcThreads) {
+    const int kk = e / kAChunksPerRow, q = (e % kAChunksPerRow) * kChunk;
+    const int64_t co = m0 + q;
+    if (gy_off[kk] >= 0 && co < cog)
+      copy_chunk_async(&stage.a[kk][q], gy + gy_off[kk] + co, cog - co, args.vector_ok);
+    else
+      zero_chunk(&stage.a[kk][q]);
+  }
+  for (int e = tid; e < kBK * kBChunksPerRow; e += kTcThreads) {
+    const int kk = e / kBChunksPerRow, q = (e % kBChunksPerRow) * kChunk;
+    const int64_t ci = n0 + q;
+    if (x_off[kk] >= 0 && ci < cig)
+      copy_chunk_async(&stage.b[kk][q], x + x_off[kk] + ci, cig - ci, args.vector_ok);
+    else
+      zero_chunk(&stage.b[kk][q]);
+  }
+  cp_async_commit();
+}
+
+// Tensor-core grad_weight: A = grad_y^T staged column-major (a[k][co]),
+// B = x staged row-major (b[k][ci]); 128 x 128 tile, BK = tc_block_k pixels.
+// The K loop is the split's pixels, BK at a time, pipelined over two stages
+// as in implicit_gemm_tc_kernel, and race-free for the same reasons with
+// gy_off / x_off in the role of row_offset: iteration s waits for its copies,
+// passes barrier B(s), computes the offsets of step s + 1 (threads < BK write
+// them after B(s), when every read of step s's offsets, made while issuing in
+// iteration s - 1, is done; load_chunk_pixel_offsets' barrier then publishes
+// them), issues step s + 1 into the stage step s - 1 was multiplied from, and
+// multiplies stage s % 2.
+template <typename T>
+__global__ void __launch_bounds__(kTcThreads, tc_min_blocks<T>())
+    grad_weight_tc_kernel(const GradWeightArgs args) {
+  const ConvParams& p = args.conv;
+  const int64_t cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int warp_m = warp / 2, warp_n = warp % 2;
+  // The block's tile and its tap's pixel rectangle live in shared memory and
+  // are re-read where used (a few shared loads per K step): held in
+  // registers through the pipelined loop, they pushed the 16-bit kernels
+  // past their 128 registers (ptxas spilled 16-32 bytes on sm_80/sm_90).
+  __shared__ GradWeightTile tile;
+  __shared__ TapPixels tap_pixels;
+  if (tid == 0) {
+    tile = grad_weight_tile<kTcBM, kTcBN>(p);
+    tap_pixels = TapPixels(p, tile.kh, tile.kw);
+  }
+  __syncthreads();
 
   using Traits = TensorCoreTraits<T>;
   using F = typename Traits::fragment_t;
-  constexpr int kChunk = chunk_elems<T>(), kPad = chunk_elems<T>();
-  __shared__ __align__(128) T As[kTcBK][kTcBM + kPad];
-  __shared__ __align__(128) T Bs[kTcBK][kTcBN + kPad];
-  __shared__ __align__(128) float scratch[8][16 * 16];
-  __shared__ int64_t gy_off[kTcBK], x_off[kTcBK];
+  constexpr int kBK = tc_block_k<T>(), kPad = chunk_elems<T>();
+  using Stage = TcStage<T, kBK, kTcBM + kPad, kBK, kTcBN + kPad>;
+  static_assert(tc_stage_aligned<Stage>(), "WMMA fragment pointers must be 32-byte aligned");
+  __shared__ __align__(128) TcTiles<Stage> tiles;
+  __shared__ int64_t gy_off[kBK], x_off[kBK];
 
-  wmma::fragment<wmma::accumulator, 16, 16, TensorCoreTraits<T>::kK, float> acc[2][4];
+  wmma::fragment<wmma::accumulator, 16, 16, Traits::kK, float> acc[2][4];
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
-  const TapPixels tp(p, kh, kw);
   int64_t k_begin, k_end;
-  split_range(tp.count, args.splits, blockIdx.y, &k_begin, &k_end);
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kTcBK) {
-    load_chunk_pixel_offsets<kTcBK>(p, tp, kh, kw, group, k0, k_end, gy_off, x_off);
-    for (int e = tid; e < kTcBK * (kTcBM / kChunk); e += blockDim.x) {
-      const int kk = e / (kTcBM / kChunk), q = (e % (kTcBM / kChunk)) * kChunk;
-      const int64_t co = m0 + q;
-      if (gy_off[kk] >= 0 && co < cog)
-        load_chunk(&As[kk][q], gy + gy_off[kk] + co, cog - co, args.vector_ok);
-      else
-        zero_chunk(&As[kk][q]);
-    }
-    for (int e = tid; e < kTcBK * (kTcBN / kChunk); e += blockDim.x) {
-      const int kk = e / (kTcBN / kChunk), q = (e % (kTcBN / kChunk)) * kChunk;
-      const int64_t ci = n0 + q;
-      if (x_off[kk] >= 0 && ci < cig)
-        load_chunk(&Bs[kk][q], x + x_off[kk] + ci, cig - ci, args.vector_ok);
-      else
-        zero_chunk(&Bs[kk][q]);
-    }
+  split_range(tap_pixels.count, args.splits, blockIdx.y, &k_begin, &k_end);
+  if (k_begin < k_end) {
+    load_chunk_pixel_offsets<kBK>(p, tap_pixels, tile.kh, tile.kw, tile.group, k_begin, k_end,
+                                  gy_off, x_off);
+    issue_tc_grad_weight_step<T>(tiles.stage[0], args, gy_off, x_off, tile.m0, tile.n0);
+  }
+  int s = 0;
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kBK, s ^= 1) {
+    cp_async_wait<0>();
     __syncthreads();
+    if (k0 + kBK < k_end) {
+      load_chunk_pixel_offsets<kBK>(p, tap_pixels, tile.kh, tile.kw, tile.group, k0 + kBK, k_end,
+                                    gy_off, x_off);
+      issue_tc_grad_weight_step<T>(tiles.stage[s ^ 1], args, gy_off, x_off, tile.m0, tile.n0);
+    }
+
+    const Stage& cur = tiles.stage[s];
 #pragma unroll
-    for (int kk = 0; kk < kTcBK; kk += Traits::kK) {
+    for (int kk = 0; kk < kBK; kk += Traits::kK) {
       wmma::fragment<wmma::matrix_a, 16, 16, Traits::kK, F, wmma::col_major> a_frag[2];
       wmma::fragment<wmma::matrix_b, 16, 16, Traits::kK, F, wmma::row_major> b_frag[4];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        wmma::load_matrix_sync(a_frag[i], &As[kk][warp_m * 32 + i * 16], kTcBM + kPad);
+        wmma::load_matrix_sync(a_frag[i], &cur.a[kk][warp_m * 32 + i * 16], kTcBM + kPad);
         prepare_fragment<T>(a_frag[i]);
       }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        wmma::load_matrix_sync(b_frag[j], &Bs[kk][warp_n * 64 + j * 16], kTcBN + kPad);
+        wmma::load_matrix_sync(b_frag[j], &cur.b[kk][warp_n * 64 + j * 16], kTcBN + kPad);
         prepare_fragment<T>(b_frag[j]);
       }
 #pragma unroll
@@ -735,20 +919,22 @@ __global__ void __launch_bounds__(256, tc_min_blocks<T>()) grad_weight_tc_kernel
 #pragma unroll
         for (int j = 0; j < 4; ++j) wmma::mma_sync(acc[i][j], a_frag[i], b_frag[j], acc[i][j]);
     }
-    __syncthreads();
   }
-  float* partial = static_cast<float*>(args.partials) +
-                   ((int64_t(blockIdx.y) * p.groups + group) * p.taps() + tap) * cog * cig;
+  __syncthreads();  // scratch aliases the stages other warps may still be reading
+  float* partial =
+      static_cast<float*>(args.partials) +
+      ((int64_t(blockIdx.y) * p.groups + tile.group) * p.taps() + tile.tap) * cog * cig;
+  float* scratch = tiles.scratch[warp];
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      wmma::store_matrix_sync(scratch[warp], acc[i][j], 16, wmma::mem_row_major);
+      wmma::store_matrix_sync(scratch, acc[i][j], 16, wmma::mem_row_major);
       __syncwarp();
       for (int e = lane; e < 256; e += 32) {
-        const int64_t co = m0 + warp_m * 32 + i * 16 + e / 16;
-        const int64_t ci = n0 + warp_n * 64 + j * 16 + e % 16;
-        if (co < cog && ci < cig) partial[co * cig + ci] = scratch[warp][e];
+        const int64_t co = tile.m0 + warp_m * 32 + i * 16 + e / 16;
+        const int64_t ci = tile.n0 + warp_n * 64 + j * 16 + e % 16;
+        if (co < cog && ci < cig) partial[co * cig + ci] = scratch[e];
       }
       __syncwarp();
     }
@@ -791,7 +977,7 @@ void launch_grad_weight_gemm(const GradWeightArgs& args) {
     const int64_t gx = tiles * p.groups * p.taps();
     check_grid(gx, args.splits, 1, "grad_weight");
     constexpr auto kernel = grad_weight_tc_kernel<T>;
-    ATROUS_LAUNCH(kernel, grid3(gx, args.splits, 1), 256, args.stream, args);
+    ATROUS_LAUNCH(kernel, grid3(gx, args.splits, 1), kTcThreads, args.stream, args);
   } else {
     constexpr int BM = sizeof(T) == 8 ? 64 : 128, BN = BM, BK = 8;
     const int64_t tiles = ceil_div_host(cog, BM) * ceil_div_host(cig, BN);

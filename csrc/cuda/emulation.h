@@ -12,9 +12,17 @@
 // __syncwarp is a block-wide barrier, valid because every warp of these
 // kernels reaches the same __syncwarp calls. half and bfloat16 are c10's host
 // types, with round-to-nearest-even conversions like __float2half_rn.
+//
+// cp.async (the kernels' cp_async_16 / cp_async_commit / cp_async_wait<N>) is
+// emulated as late as the hardware may make it: each copy waits in its
+// thread's queue and lands in shared memory only when a cp_async_wait retires
+// its group. A kernel that reads a stage before waiting for it therefore reads
+// stale data here, and a kernel that exits with copies never waited for fails
+// its launch.
 #pragma once
 
 #include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
 #include <atomic>
@@ -22,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -70,6 +79,72 @@ inline std::barrier<>* block_barrier = nullptr;
 inline std::atomic<int> or_slots[2];
 inline thread_local unsigned or_calls = 0;
 
+// The first misuse a thread of the running block reports (kernel threads
+// cannot throw across std::thread); launch() turns it into an error.
+inline std::atomic<const char*> kernel_error{nullptr};
+inline void report_kernel_error(const char* what) {
+  const char* none = nullptr;
+  kernel_error.compare_exchange_strong(none, what);
+}
+
+// ---- cp.async: 16-byte global -> shared copies, deferred to their wait.
+// One queued copy: 16 bytes to dst, the first src_bytes of them from src, the
+// rest zeros (the src-size form of cp.async.cg.shared.global).
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  int src_bytes;
+};
+// Copies issued since the last commit, and the committed groups, oldest first.
+inline thread_local std::vector<AsyncCopy> uncommitted_copies;
+inline thread_local std::deque<std::vector<AsyncCopy>> committed_groups;
+
+inline void reset_async_copies() {
+  uncommitted_copies.clear();
+  committed_groups.clear();
+}
+// Whether no copy is still queued (an empty group left in flight is harmless).
+inline bool async_copies_drained() {
+  if (!uncommitted_copies.empty()) return false;
+  for (const std::vector<AsyncCopy>& group : committed_groups)
+    if (!group.empty()) return false;
+  return true;
+}
+
+inline void cp_async_16(void* dst, const void* src, int src_bytes) {
+  // The hardware faults on a misaligned cp.async of 16 bytes.
+  const auto misaligned = [](const void* ptr) {
+    return reinterpret_cast<std::uintptr_t>(ptr) % 16 != 0;
+  };
+  if (misaligned(dst) || misaligned(src))
+    report_kernel_error("issued a cp.async with a source or destination not 16-byte aligned");
+  if (src_bytes < 0 || src_bytes > 16)
+    report_kernel_error("issued a cp.async with src_bytes outside 0..16");
+  uncommitted_copies.push_back(AsyncCopy{dst, src, src_bytes});
+}
+
+inline void cp_async_commit() {
+  committed_groups.push_back(std::move(uncommitted_copies));
+  uncommitted_copies.clear();
+}
+
+// cp.async.wait_group N: every committed group but the newest N is complete
+// when it returns; this is where their bytes arrive. Uncommitted copies stay
+// pending, as on the hardware.
+template <int N>
+void cp_async_wait() {
+  static_assert(N >= 0, "cp.async.wait_group takes a count >= 0");
+  while (committed_groups.size() > static_cast<std::size_t>(N)) {
+    for (const AsyncCopy& copy : committed_groups.front()) {
+      unsigned char bytes[16] = {};
+      if (copy.src_bytes > 0)
+        std::memcpy(bytes, copy.src, static_cast<std::size_t>(copy.src_bytes));
+      std::memcpy(copy.dst, bytes, 16);
+    }
+    committed_groups.pop_front();
+  }
+}
+
 // Runs kernel(args...) over the whole grid, one block at a time.
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, const Args&... args) {
@@ -90,9 +165,15 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, const Args&... arg
             thread_index = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
             block_index = dim3(bx, by, bz);
             or_calls = 0;
+            reset_async_copies();
             kernel(args...);
+            if (!async_copies_drained())
+              report_kernel_error("exited with cp.async copies never waited for");
           });
         for (auto& th : pool) th.join();
+        const char* error = kernel_error.exchange(nullptr);
+        TORCH_CHECK(error == nullptr, "emulated CUDA kernel, block (", bx, ", ", by, ", ", bz,
+                    "): a thread ", error);
       }
 }
 
