@@ -61,52 +61,27 @@ constexpr int64_t kGradWeightPartialBytes = int64_t(64) << 20;
 // Channels per unit in the depthwise grad_weight and in grad_bias.
 constexpr int64_t kChannelBlock = 256;
 
-// Copies a 4-D tensor into NHWC rows, converting the dtype in the same pass:
-// channel c of pixel p (= y * W + x) of image n goes to
+// Copies a 4-D tensor into NHWC rows, converting the dtype in the same pass
+// (t.to(dtype).contiguous(NHWC) would make two full copies, e.g. 4x a
+// bfloat16 input's bytes at the peak): channel c of pixel p (= y * W + x) of
+// image n goes to
 //   dst[(n * HW + p) * pixel_stride + (c / per_group) * group_stride + c % per_group]
 // (per_group = C, group_stride = 0 for plain NHWC; the bfloat16 pair rows pad
-// each group). From NCHW the copy is a transpose of each image's C x HW
-// matrix, done in 32 x 32 blocks so the reads of a block row and the writes of
-// a block column both stay within a few cache lines (torch's permuting copy_
-// walks one side with a large stride); from NHWC it is a row copy. Blocks run
-// in parallel. Other layouts are made NCHW-contiguous first.
+// each group). The destination is described to torch as a strided view and
+// filled by its copy_, which measured faster on NCHW sources than a blocked
+// transpose written here (bench/NOTES.md).
 template <typename dst_t>
 void copy_to_nhwc(const Tensor& t, dst_t* dst, int64_t pixel_stride, int64_t per_group,
                   int64_t group_stride) {
-  constexpr int64_t kBlock = 32;
-  const int64_t N = t.size(0), C = t.size(1), HW = t.size(2) * t.size(3);
+  const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3);
   if (t.numel() == 0) return;
-  const bool from_nhwc = t.is_contiguous(at::MemoryFormat::ChannelsLast);
-  const Tensor src_t = from_nhwc ? t : t.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src_t.scalar_type(), "copy_to_nhwc", [&] {
-    const scalar_t* src = src_t.data_ptr<scalar_t>();
-    const int64_t c_blocks = (C + kBlock - 1) / kBlock, p_blocks = (HW + kBlock - 1) / kBlock;
-    at::parallel_for(0, N * c_blocks * p_blocks, 1, [&](int64_t begin, int64_t end) {
-      int64_t channel_offset[kBlock];
-      for (int64_t unit = begin; unit < end; ++unit) {
-        const int64_t pb = unit % p_blocks, cb = (unit / p_blocks) % c_blocks;
-        const int64_t n = unit / (p_blocks * c_blocks);
-        const int64_t c0 = cb * kBlock, c1 = std::min(C, c0 + kBlock);
-        const int64_t p0 = pb * kBlock, p1 = std::min(HW, p0 + kBlock);
-        for (int64_t c = c0; c < c1; ++c)
-          channel_offset[c - c0] = (c / per_group) * group_stride + c % per_group;
-        for (int64_t p = p0; p < p1; ++p) {
-          dst_t* row = dst + (n * HW + p) * pixel_stride;
-          if (from_nhwc) {
-            const scalar_t* in = src + (n * HW + p) * C;
-            if (per_group == C)  // contiguous on both sides: a loop the compiler vectorizes
-              for (int64_t c = c0; c < c1; ++c) row[c] = static_cast<dst_t>(in[c]);
-            else
-              for (int64_t c = c0; c < c1; ++c) row[channel_offset[c - c0]] = static_cast<dst_t>(in[c]);
-          } else {
-            const scalar_t* in = src + n * C * HW + p;
-            for (int64_t c = c0; c < c1; ++c)
-              row[channel_offset[c - c0]] = static_cast<dst_t>(in[c * HW]);
-          }
-        }
-      }
-    });
-  });
+  const int64_t groups = C / per_group;
+  // dst as [N][G][per_group][H][W] with the strides of the layout above.
+  const Tensor view = at::from_blob(
+      dst, {N, groups, per_group, H, W},
+      {H * W * pixel_stride, group_stride, 1, W * pixel_stride, pixel_stride},
+      t.options().dtype(c10::CppTypeToScalarType<dst_t>::value));
+  view.copy_(t.unflatten(1, {groups, per_group}));
 }
 
 // acc_t NHWC (channels_last) form of t; t itself when it already is one.
