@@ -189,7 +189,9 @@ inline int64_t peak_fma_impl(int64_t iters, float* sink) {
 // values per k (the A and B row pointers), so on AVX-512 it takes two panels
 // per tile (12 zmm accumulators) to stay FMA-bound.
 //
-// The bf16 tile: 6 rows, like the fp32 AVX-512 tile (measured, bench/NOTES.md).
+// The bf16 tile: 8 rows. vdpbf16ps has a longer latency than an FMA (6
+// cycles on Zen 4), so 6 accumulator chains only just cover it; 8 measured
+// 2-10% faster than 6 and level with 10 (bench/NOTES.md).
 constexpr int kBf16TileRows = 8;
 
 // One entry point per instruction set and argument type; `flatten` inlines
