@@ -38,12 +38,28 @@ struct Vec<double, Bytes> {
   typedef double type __attribute__((vector_size(Bytes)));
 };
 
-// Depth cache block: a 64-byte B panel of this depth is 16 KiB and stays in L1
-// while the A rows of a tile stream past it.
+// Cache blocking. The loops run depth block > row block > panel > row tile.
+// A 64-byte B panel of one depth block (at most kDepthBlock deep, 16 KiB)
+// stays in L1 while the row block's A rows stream past it; the row block's A
+// rows (kRowBlock x depth block) and C rows, and the depth block of every B
+// panel, stay in L2 (1 MB here) while the panels pass over them. The B part
+// grows with the columns, so the depth block shrinks to keep it within
+// kBBlockBytes: 256 deep up to 256 float columns, 128 deep at 512.
 constexpr int64_t kDepthBlock = 256;
-// Row block: the A rows of one depth block (kRowBlock x kDepthBlock values,
-// 120 KB in float32) stay in L2 while every panel of B passes over them.
+constexpr int64_t kMinDepthBlock = 64;
+constexpr int64_t kBBlockBytes = 256 * 1024;
 constexpr int64_t kRowBlock = 120;
+
+// The depth block (in k steps of kPanelBytes-wide B rows) for `panels` panels.
+inline int64_t depth_block(int64_t panels) {
+  const int64_t fit = kBBlockBytes / (panels * kPanelBytes);
+  return fit < kMinDepthBlock ? kMinDepthBlock : (fit > kDepthBlock ? kDepthBlock : fit);
+}
+
+// An MR-row x NP-panel tile of C: per k it loads NP B panel rows (the panels
+// are b_stride values apart), broadcasts MR values of A and issues
+// MR * NP * (64 / VB) FMAs. Two panels halve the A traffic per FMA, which
+// otherwise runs at a 4-byte broadcast per 64-byte FMA from L2.
 
 template <typename T, int VB, int MR>
 inline void micro_tile(const T* const* a_rows, T* const* c_rows, int64_t col, const T* b,
@@ -85,8 +101,9 @@ inline void tail_tile(int rows, const T* const* a_rows, T* const* c_rows, int64_
 template <typename T, int VB, int MR>
 inline void gather_gemm_impl(const GatherGemmArgs<T>& args) {
   const int64_t width = panel_width<T>();
-  for (int64_t k0 = 0; k0 < args.depth; k0 += kDepthBlock) {
-    const int64_t kc = args.depth - k0 < kDepthBlock ? args.depth - k0 : kDepthBlock;
+  const int64_t block = depth_block(args.panels);
+  for (int64_t k0 = 0; k0 < args.depth; k0 += block) {
+    const int64_t kc = args.depth - k0 < block ? args.depth - k0 : block;
     for (int64_t m0 = 0; m0 < args.rows; m0 += kRowBlock) {
       const int64_t m1 = args.rows - m0 < kRowBlock ? args.rows : m0 + kRowBlock;
       const int64_t full_end = m1 - (m1 - m0) % MR;
@@ -271,12 +288,13 @@ ATROUS_BF16_TARGET inline void bf16_tail_tile(int rows, const c10::BFloat16* con
 }
 
 // Same loop nest as gather_gemm_impl; the depth block counts pairs, so a
-// block of B is still kDepthBlock x 64 bytes.
+// block of B has the same bytes.
 template <int MR>
 ATROUS_BF16_TARGET void gather_gemm_bf16_impl(const GatherGemmBf16Args& args) {
   const int64_t pairs = args.depth / 2;
-  for (int64_t q0 = 0; q0 < pairs; q0 += kDepthBlock) {
-    const int64_t qc = pairs - q0 < kDepthBlock ? pairs - q0 : kDepthBlock;
+  const int64_t block = depth_block(args.panels);
+  for (int64_t q0 = 0; q0 < pairs; q0 += block) {
+    const int64_t qc = pairs - q0 < block ? pairs - q0 : block;
     for (int64_t m0 = 0; m0 < args.rows; m0 += kRowBlock) {
       const int64_t m1 = args.rows - m0 < kRowBlock ? args.rows : m0 + kRowBlock;
       const int64_t full_end = m1 - (m1 - m0) % MR;
