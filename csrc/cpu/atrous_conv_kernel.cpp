@@ -90,6 +90,22 @@ Tensor to_nhwc(const Tensor& t) {
   const auto dtype = c10::CppTypeToScalarType<acc_t>::value;
   if (t.scalar_type() == dtype && t.is_contiguous(at::MemoryFormat::ChannelsLast)) return t;
   Tensor nhwc = at::empty(t.sizes(), t.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
+  if constexpr (std::is_same_v<acc_t, float>) {
+    // channels_last 16-bit -> float: the same layout, widened in parallel blocks
+    // (cpu::widen_to_float; torch's copy_ measured slower here).
+    if ((t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16) &&
+        t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+      constexpr int64_t kBlock = 1 << 16;
+      float* dst = nhwc.data_ptr<float>();
+      AT_DISPATCH_REDUCED_FLOATING_TYPES(t.scalar_type(), "to_nhwc_widen", [&] {
+        const scalar_t* src = t.data_ptr<scalar_t>();
+        at::parallel_for(0, t.numel(), kBlock, [&](int64_t begin, int64_t end) {
+          cpu::widen_to_float(src + begin, dst + begin, end - begin);
+        });
+      });
+      return nhwc;
+    }
+  }
   copy_to_nhwc(t, nhwc.data_ptr<acc_t>(), t.size(1), t.size(1), 0);
   return nhwc;
 }
@@ -575,6 +591,15 @@ void for_each_valid_pixel(const ConvParams& p, int64_t kh, int64_t kw, F&& f) {
     }
 }
 
+// dst[i] = acc_t(src[i]), i < n: a copy, or a 16-bit widening (cpu::widen_to_float).
+template <typename T, typename acc_t>
+void widen(const T* src, acc_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<T, acc_t>)
+    std::copy(src, src + n, dst);
+  else
+    cpu::widen_to_float(src, dst, n);
+}
+
 // grad_w[g*Cog + co, ci, tap] = sum_{valid pixels} x[n, ih, iw, g*Cig + ci] * grad_y[n, oh, ow, g*Cog + co].
 // The GEMM depth is the pixel count: each output pixel is a rank-1 update of
 // the transposed weight gradient of every tap that reads inside the image,
@@ -589,13 +614,14 @@ void for_each_valid_pixel(const ConvParams& p, int64_t kh, int64_t kw, F&& f) {
 //   - per tap, the x rows of the chunk's valid pixels (the unit's channels)
 //     are copied into a second buffer, so both operands of outer_gemm are
 //     short sequential streams.
+// Both copies convert to acc_t, so x and grad_y may be 16-bit NHWC rows.
 // Segments exist for parallelism when there are few channel blocks (64
 // channels on a large map is one block): each segment sums its pixels into a
 // partial, and the partials are added in segment order. The segment count
 // depends on the shapes only, never on the thread count, so results are
 // bitwise the same with any number of threads.
-template <typename scalar_t, typename acc_t>
-void grad_weight_gemm(const ConvParams& p, const acc_t* x, const acc_t* gy, Tensor& grad_weight) {
+template <typename scalar_t, typename acc_t, typename x_t, typename gy_t>
+void grad_weight_gemm(const ConvParams& p, const x_t* x, const gy_t* gy, Tensor& grad_weight) {
   const int64_t G = p.groups, cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
   const int64_t taps = p.taps(), width = panel_width<acc_t>();
   const int64_t panels = panels_for<acc_t>(cog), row_len = panels * width;
@@ -647,9 +673,9 @@ void grad_weight_gemm(const ConvParams& p, const acc_t* x, const acc_t* gy, Tens
           chunk_ow[k] = pix % p.out_width;
           chunk_oh[k] = (pix / p.out_width) % p.out_height;
           chunk_n[k] = pix / (p.out_width * p.out_height);
-          const acc_t* src = gy + pix * p.out_channels + g * cog;
+          const gy_t* src = gy + pix * p.out_channels + g * cog;
           acc_t* dst = gy_chunk.data() + k * gy_ld;
-          std::copy(src, src + cog, dst);
+          widen(src, dst, cog);
           std::fill(dst + cog, dst + row_len, acc_t(0));
         }
         for (int64_t tap = 0; tap < taps; ++tap) {
@@ -665,10 +691,10 @@ void grad_weight_gemm(const ConvParams& p, const acc_t* x, const acc_t* gy, Tens
               continue;
             const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
             const int64_t iw = input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w);
-            const acc_t* src =
+            const x_t* src =
                 x + ((chunk_n[k] * p.in_height + ih) * p.in_width + iw) * p.in_channels + g * cig + ci0;
             acc_t* dst = x_chunk.data() + depth * x_ld;
-            std::copy(src, src + rows, dst);
+            widen(src, dst, rows);
             x_rows[depth] = dst;
             gy_rows[depth] = gy_chunk.data() + k * gy_ld;
             ++depth;
@@ -741,10 +767,11 @@ void grad_weight_depthwise(const ConvParams& p, const acc_t* x, const acc_t* gy,
 
 // -------------------------------------------------------------- grad_bias --
 
+
 // grad_b[c] = sum_{n, oh, ow} grad_y[n, oh, ow, c], per channel block in a
 // fixed order: per image first, then across images.
-template <typename scalar_t, typename acc_t>
-void grad_bias_sum(const ConvParams& p, const acc_t* gy, Tensor& grad_bias) {
+template <typename scalar_t, typename acc_t, typename gy_t>
+void grad_bias_sum(const ConvParams& p, const gy_t* gy, Tensor& grad_bias) {
   const int64_t cout = p.out_channels, pixels = p.out_height * p.out_width;
   const int64_t blocks = (cout + kChannelBlock - 1) / kChannelBlock;
   scalar_t* gb_data = grad_bias.data_ptr<scalar_t>();
@@ -757,8 +784,8 @@ void grad_bias_sum(const ConvParams& p, const acc_t* gy, Tensor& grad_bias) {
       for (int64_t n = 0; n < p.batch; ++n) {
         std::fill(image.begin(), image.end(), acc_t(0));
         for (int64_t px = 0; px < pixels; ++px) {
-          const acc_t* src = gy + (n * pixels + px) * cout;
-          for (int64_t c = c0; c < c1; ++c) image[c - c0] += src[c];
+          const gy_t* src = gy + (n * pixels + px) * cout;
+          for (int64_t c = c0; c < c1; ++c) image[c - c0] += static_cast<acc_t>(src[c]);
         }
         for (int64_t c = c0; c < c1; ++c) total[c - c0] += image[c - c0];
       }
@@ -816,17 +843,30 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
                                                 grad_input);
       }
     }
-    const Tensor gy = output_mask[1] || output_mask[2] ? gy_rows() : Tensor();
-    if (output_mask[1]) {
-      const Tensor x = to_nhwc<acc_t>(input);
-      if (depthwise)
-        grad_weight_depthwise<scalar_t, acc_t>(p, x.data_ptr<acc_t>(), gy.data_ptr<acc_t>(),
-                                               grad_weight);
+    // grad_weight (GEMM path) and grad_bias read NHWC rows of any dtype and
+    // widen as they copy or sum, so 16-bit tensors are read as they are
+    // (channels_last: in place; otherwise one 16-bit NHWC copy, half the
+    // bytes of a float one), unless grad_input already made the float copy.
+    auto for_gy_source = [&](auto&& f) {
+      if (gy_acc.defined() || std::is_same_v<scalar_t, acc_t>)
+        f(gy_rows().template data_ptr<acc_t>());
       else
-        grad_weight_gemm<scalar_t, acc_t>(p, x.data_ptr<acc_t>(), gy.data_ptr<acc_t>(),
-                                          grad_weight);
+        f(to_nhwc<scalar_t>(grad_output).template data_ptr<scalar_t>());
+    };
+    if (output_mask[1]) {
+      if (depthwise) {
+        const Tensor x = to_nhwc<acc_t>(input);
+        grad_weight_depthwise<scalar_t, acc_t>(p, x.data_ptr<acc_t>(), gy_rows().data_ptr<acc_t>(),
+                                               grad_weight);
+      } else {
+        const Tensor x = to_nhwc<scalar_t>(input);
+        for_gy_source([&](const auto* gy) {
+          grad_weight_gemm<scalar_t, acc_t>(p, x.data_ptr<scalar_t>(), gy, grad_weight);
+        });
+      }
     }
-    if (output_mask[2]) grad_bias_sum<scalar_t, acc_t>(p, gy.data_ptr<acc_t>(), grad_bias);
+    if (output_mask[2])
+      for_gy_source([&](const auto* gy) { grad_bias_sum<scalar_t, acc_t>(p, gy, grad_bias); });
   });
   return {grad_input, grad_weight, grad_bias};
 }

@@ -317,6 +317,24 @@ ATROUS_BF16_TARGET void run_avx512_bf16(const GatherGemmBf16Args& a) {
 #undef ATROUS_BF16_TARGET
 #endif
 
+#if defined(__x86_64__)
+__attribute__((target("avx2,f16c"))) void widen_half_f16c(const c10::Half* src, float* dst,
+                                                          int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+bool cpu_has_f16c() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  }();
+  return has;
+}
+#endif
+
 enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
 Isa best_supported_isa() {
@@ -402,6 +420,17 @@ void gather_gemm(const GatherGemmArgs<float>& args) {
 void gather_gemm(const GatherGemmArgs<double>& args) {
   if (args.rows > 0 && args.depth > 0 && args.panels > 0) run(args);
 }
+void widen_to_float(const c10::Half* src, float* dst, int64_t n) {
+#if defined(__x86_64__)
+  if (cpu_has_f16c()) return widen_half_f16c(src, dst, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+void widen_to_float(const c10::BFloat16* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
 bool bf16_dot_active() { return active_isa() == Isa::kAvx512Bf16; }
 
 void gather_gemm(const GatherGemmBf16Args& args) {

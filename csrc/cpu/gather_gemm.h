@@ -12,6 +12,7 @@
 #pragma once
 
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <cstdint>
 #include <string>
@@ -87,6 +88,12 @@ struct OuterGemmArgs {
 
 void outer_gemm(const OuterGemmArgs<float>& args);
 void outer_gemm(const OuterGemmArgs<double>& args);
+
+// dst[i] = float(src[i]) for i < n: F16C's 8-wide conversion for float16
+// where the CPU has it (plain C++ converts float16 in software, one value at
+// a time), a vectorizable shift for bfloat16.
+void widen_to_float(const c10::Half* src, float* dst, int64_t n);
+void widen_to_float(const c10::BFloat16* src, float* dst, int64_t n);
 
 // The instruction set the GEMM runs with: "avx512_bf16" (AVX-512 plus the
 // bfloat16 dot products of gather_gemm(GatherGemmBf16Args)), "avx512", "avx2"
