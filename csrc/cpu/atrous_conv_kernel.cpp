@@ -241,6 +241,18 @@ void for_each_row_segment(int64_t pix_begin, int64_t pix_end, int64_t width, F&&
 
 // ------------------------------------------------------ tiled gather GEMM --
 
+// dst[i] = scalar_t(src[i]), i < n: a copy, or a rounding to 16 bits
+// (cpu::narrow_from_float; c10's scalar float16 conversion is software).
+template <typename scalar_t, typename acc_t>
+void store_row(scalar_t* dst, const acc_t* src, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>)
+    std::copy(src, src + n, dst);
+  else if constexpr (std::is_same_v<acc_t, float>)
+    cpu::narrow_from_float(src, dst, n);
+  else
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+}
+
 // Writes `pixels` consecutive C rows (row_len apart, `channels` values each)
 // to a strided destination, walking it in its own contiguous direction:
 // channels innermost for channels_last, pixels innermost for NCHW (where a
@@ -248,7 +260,9 @@ void for_each_row_segment(int64_t pix_begin, int64_t pix_end, int64_t width, F&&
 template <typename scalar_t, typename acc_t>
 void store_segment(scalar_t* dst, int64_t stride_c, int64_t stride_x, const acc_t* rows,
                    int64_t row_len, int64_t pixels, int64_t channels) {
-  if (stride_c <= stride_x) {
+  if (stride_c == 1) {
+    for (int64_t i = 0; i < pixels; ++i) store_row(dst + i * stride_x, rows + i * row_len, channels);
+  } else if (stride_c <= stride_x) {
     for (int64_t i = 0; i < pixels; ++i)
       for (int64_t c = 0; c < channels; ++c)
         dst[i * stride_x + c * stride_c] = static_cast<scalar_t>(rows[i * row_len + c]);
@@ -428,7 +442,10 @@ void forward_depthwise(const ConvParams& p, const acc_t* x, const acc_t* w_tap_m
         for (int64_t ow = ow0; ow < ow1; ++ow) {
           const acc_t* row = acc.data() + (local + ow - ow0) * cout;
           scalar_t* dst = out_data + os.offset(n, 0, oh, ow);
-          for (int64_t c = 0; c < cout; ++c) dst[c * os.c] = static_cast<scalar_t>(row[c]);
+          if (os.c == 1)
+            store_row(dst, row, cout);
+          else
+            for (int64_t c = 0; c < cout; ++c) dst[c * os.c] = static_cast<scalar_t>(row[c]);
         }
       });
     }
@@ -566,7 +583,10 @@ void grad_input_depthwise(const ConvParams& p, const acc_t* gy, const acc_t* w_t
         for (int64_t iw = iw0; iw < iw1; ++iw) {
           const acc_t* row = acc.data() + (local + iw - iw0) * cin;
           scalar_t* dst = gi_data + gs.offset(n, 0, ih, iw);
-          for (int64_t c = 0; c < cin; ++c) dst[c * gs.c] = static_cast<scalar_t>(row[c]);
+          if (gs.c == 1)
+            store_row(dst, row, cin);
+          else
+            for (int64_t c = 0; c < cin; ++c) dst[c * gs.c] = static_cast<scalar_t>(row[c]);
         }
       });
     }

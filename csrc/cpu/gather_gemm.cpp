@@ -326,6 +326,15 @@ __attribute__((target("avx2,f16c"))) void widen_half_f16c(const c10::Half* src, 
   for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
 
+__attribute__((target("avx2,f16c"))) void narrow_half_f16c(const float* src, c10::Half* dst,
+                                                           int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; ++i) dst[i] = static_cast<c10::Half>(src[i]);
+}
+
 bool cpu_has_f16c() {
   static const bool has = [] {
     __builtin_cpu_init();
@@ -429,6 +438,17 @@ void widen_to_float(const c10::Half* src, float* dst, int64_t n) {
 
 void widen_to_float(const c10::BFloat16* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+void narrow_from_float(const float* src, c10::Half* dst, int64_t n) {
+#if defined(__x86_64__)
+  if (cpu_has_f16c()) return narrow_half_f16c(src, dst, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<c10::Half>(src[i]);
+}
+
+void narrow_from_float(const float* src, c10::BFloat16* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<c10::BFloat16>(src[i]);
 }
 
 bool bf16_dot_active() { return active_isa() == Isa::kAvx512Bf16; }

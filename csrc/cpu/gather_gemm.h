@@ -94,6 +94,10 @@ void outer_gemm(const OuterGemmArgs<double>& args);
 // a time), a vectorizable shift for bfloat16.
 void widen_to_float(const c10::Half* src, float* dst, int64_t n);
 void widen_to_float(const c10::BFloat16* src, float* dst, int64_t n);
+// dst[i] = T(src[i]) for i < n, rounding to nearest even: F16C's 8-wide
+// conversion for float16 where the CPU has it, plain C++ otherwise.
+void narrow_from_float(const float* src, c10::Half* dst, int64_t n);
+void narrow_from_float(const float* src, c10::BFloat16* dst, int64_t n);
 
 // The instruction set the GEMM runs with: "avx512_bf16" (AVX-512 plus the
 // bfloat16 dot products of gather_gemm(GatherGemmBf16Args)), "avx512", "avx2"
