@@ -230,4 +230,63 @@ FcisParams check_fcis_assemble_backward(const char* op, const at::Tensor& grad_i
   return p;
 }
 
+InstanceAssembleCall prepare_instance_assemble(const at::Tensor& scores, int64_t k, int64_t m,
+                                               c10::IntArrayRef window_stride,
+                                               const c10::optional<at::Tensor>& centers) {
+  InstanceAssembleCall call;
+  call.params = check_instance_assemble("instance_assemble", scores, k, m, window_stride, centers);
+  const bool selected = centers.has_value() && centers->defined();
+  call.out = at::empty(instance_assemble_output_shape(call.params, selected), scores.options());
+  if (call.out.numel() == 0) return call;
+  call.scores = scores.contiguous();
+  if (selected) call.centers = centers->contiguous();
+  return call;
+}
+
+InstanceAssembleBackwardCall prepare_instance_assemble_backward(
+    const at::Tensor& grad_output, int64_t batch, int64_t height, int64_t width, int64_t k,
+    int64_t m, c10::IntArrayRef window_stride, const c10::optional<at::Tensor>& centers) {
+  InstanceAssembleBackwardCall call;
+  call.params = check_instance_assemble_backward("instance_assemble_backward", grad_output, batch,
+                                                 height, width, k, m, window_stride, centers);
+  call.grad = at::empty({batch, k * k, height, width}, grad_output.options());
+  if (call.grad.numel() == 0) return call;
+  call.grad_output = grad_output.contiguous();
+  if (centers.has_value() && centers->defined())
+    std::tie(call.order, call.starts) = index_selected_windows(*centers, call.params);
+  return call;
+}
+
+FcisAssembleCall prepare_fcis_assemble(const at::Tensor& score_maps, const at::Tensor& rois,
+                                       int64_t group_size, int64_t output_size,
+                                       double spatial_scale) {
+  FcisAssembleCall call;
+  call.params = check_fcis_assemble("fcis_assemble", score_maps, rois, group_size, output_size,
+                                    spatial_scale);
+  const FcisParams& p = call.params;
+  call.inside = at::empty({p.rois, p.classes, p.size, p.size}, score_maps.options());
+  call.outside = at::empty_like(call.inside);
+  if (call.inside.numel() == 0) return call;
+  call.maps = score_maps.contiguous();
+  call.rois = rois.to(assemble_accumulation_type(score_maps.scalar_type())).contiguous();
+  return call;
+}
+
+FcisAssembleBackwardCall prepare_fcis_assemble_backward(
+    const at::Tensor& grad_inside, const at::Tensor& grad_outside, const at::Tensor& rois,
+    int64_t group_size, int64_t output_size, double spatial_scale, int64_t batch, int64_t height,
+    int64_t width) {
+  FcisAssembleBackwardCall call;
+  call.params = check_fcis_assemble_backward("fcis_assemble_backward", grad_inside, grad_outside,
+                                             rois, group_size, output_size, spatial_scale, batch,
+                                             height, width);
+  const FcisParams& p = call.params;
+  call.grad = at::empty({batch, 2 * p.k * p.k * p.classes, height, width}, grad_inside.options());
+  if (call.grad.numel() == 0) return call;
+  call.grad_inside = grad_inside.contiguous();
+  call.grad_outside = grad_outside.contiguous();
+  call.rois = rois.to(assemble_accumulation_type(grad_inside.scalar_type())).contiguous();
+  return call;
+}
+
 }  // namespace atrous

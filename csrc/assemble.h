@@ -68,4 +68,52 @@ assemble::FcisParams check_fcis_assemble_backward(const char* op, const at::Tens
 // The accumulation type of the kernels: double for float64, float otherwise.
 at::ScalarType assemble_accumulation_type(at::ScalarType t);
 
+// ------------------------------------------------ one call, either device --
+//
+// What the CPU and CUDA implementations of each op do before their kernels:
+// check the arguments, allocate the results and, when there is work (a
+// non-empty result), make contiguous what the kernels read. Tensors the
+// kernels read are undefined when the result is empty.
+
+struct InstanceAssembleCall {
+  assemble::InstanceAssembleParams params;
+  at::Tensor out;      // (N, Hc, Wc, m, m), or (P, m, m) with centres
+  at::Tensor scores;   // contiguous
+  at::Tensor centers;  // contiguous; undefined without selected centres
+};
+InstanceAssembleCall prepare_instance_assemble(const at::Tensor& scores, int64_t k, int64_t m,
+                                               c10::IntArrayRef window_stride,
+                                               const c10::optional<at::Tensor>& centers);
+
+struct InstanceAssembleBackwardCall {
+  assemble::InstanceAssembleParams params;
+  at::Tensor grad;              // (N, k*k, H, W)
+  at::Tensor grad_output;       // contiguous
+  at::Tensor order, starts;     // index_selected_windows; undefined without selected centres
+};
+InstanceAssembleBackwardCall prepare_instance_assemble_backward(
+    const at::Tensor& grad_output, int64_t batch, int64_t height, int64_t width, int64_t k,
+    int64_t m, c10::IntArrayRef window_stride, const c10::optional<at::Tensor>& centers);
+
+struct FcisAssembleCall {
+  assemble::FcisParams params;
+  at::Tensor inside, outside;  // (R, C+1, P, P) each
+  at::Tensor maps;             // contiguous score maps
+  at::Tensor rois;             // contiguous, in the accumulation type
+};
+FcisAssembleCall prepare_fcis_assemble(const at::Tensor& score_maps, const at::Tensor& rois,
+                                       int64_t group_size, int64_t output_size,
+                                       double spatial_scale);
+
+struct FcisAssembleBackwardCall {
+  assemble::FcisParams params;
+  at::Tensor grad;                       // (N, 2*k*k*(C+1), H, W)
+  at::Tensor grad_inside, grad_outside;  // contiguous
+  at::Tensor rois;                       // contiguous, in the accumulation type
+};
+FcisAssembleBackwardCall prepare_fcis_assemble_backward(
+    const at::Tensor& grad_inside, const at::Tensor& grad_outside, const at::Tensor& rois,
+    int64_t group_size, int64_t output_size, double spatial_scale, int64_t batch, int64_t height,
+    int64_t width);
+
 }  // namespace atrous

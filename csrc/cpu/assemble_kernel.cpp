@@ -35,16 +35,13 @@ int64_t grain_for(int64_t unit_work) {
 Tensor instance_assemble_cpu(const Tensor& scores, int64_t k, int64_t m,
                              c10::IntArrayRef window_stride,
                              const c10::optional<Tensor>& centers) {
-  const char* op = "instance_assemble";
-  const InstanceAssembleParams p = check_instance_assemble(op, scores, k, m, window_stride, centers);
-  const bool selected = centers.has_value() && centers->defined();
-  Tensor out = at::empty(instance_assemble_output_shape(p, selected), scores.options());
+  const InstanceAssembleCall call = prepare_instance_assemble(scores, k, m, window_stride, centers);
+  const InstanceAssembleParams& p = call.params;
+  const Tensor& out = call.out;
   if (out.numel() == 0) return out;
-  const Tensor s = scores.contiguous();
-  const Tensor c = selected ? centers->contiguous() : Tensor();
-  const int64_t* c_ptr = selected ? c.data_ptr<int64_t>() : nullptr;
+  const int64_t* c_ptr = call.centers.defined() ? call.centers.data_ptr<int64_t>() : nullptr;
   ATROUS_ASSEMBLE_DISPATCH(scores.scalar_type(), "instance_assemble_cpu", [&] {
-    const scalar_t* src = s.data_ptr<scalar_t>();
+    const scalar_t* src = call.scores.data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
     at::parallel_for(0, p.windows, grain_for(m * m), [&](int64_t begin, int64_t end) {
       for (int64_t w = begin; w < end; ++w)
@@ -60,20 +57,17 @@ Tensor instance_assemble_backward_cpu(const Tensor& grad_output, int64_t batch, 
                                       int64_t width, int64_t k, int64_t m,
                                       c10::IntArrayRef window_stride,
                                       const c10::optional<Tensor>& centers) {
-  const char* op = "instance_assemble_backward";
-  const InstanceAssembleParams p = check_instance_assemble_backward(
-      op, grad_output, batch, height, width, k, m, window_stride, centers);
-  const bool selected = centers.has_value() && centers->defined();
-  Tensor grad = at::empty({batch, k * k, height, width}, grad_output.options());
+  const InstanceAssembleBackwardCall call = prepare_instance_assemble_backward(
+      grad_output, batch, height, width, k, m, window_stride, centers);
+  const InstanceAssembleParams& p = call.params;
+  const Tensor& grad = call.grad;
   if (grad.numel() == 0) return grad;
-  const Tensor gy = grad_output.contiguous();
-  Tensor order, starts;
-  if (selected) std::tie(order, starts) = index_selected_windows(*centers, p);
-  const int64_t* order_ptr = selected ? order.data_ptr<int64_t>() : nullptr;
-  const int64_t* starts_ptr = selected ? starts.data_ptr<int64_t>() : nullptr;
+  const bool selected = call.order.defined();
+  const int64_t* order_ptr = selected ? call.order.data_ptr<int64_t>() : nullptr;
+  const int64_t* starts_ptr = selected ? call.starts.data_ptr<int64_t>() : nullptr;
   ATROUS_ASSEMBLE_DISPATCH(grad_output.scalar_type(), "instance_assemble_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* g = gy.data_ptr<scalar_t>();
+    const scalar_t* g = call.grad_output.data_ptr<scalar_t>();
     scalar_t* dst = grad.data_ptr<scalar_t>();
     // One unit per row (n, c, h) of grad_scores; each element sums up to ceil(m/k)^2 terms.
     const int64_t terms = (m + k - 1) / k * ((m + k - 1) / k);
@@ -93,18 +87,15 @@ Tensor instance_assemble_backward_cpu(const Tensor& grad_output, int64_t batch, 
 std::tuple<Tensor, Tensor> fcis_assemble_cpu(const Tensor& score_maps, const Tensor& rois,
                                              int64_t group_size, int64_t output_size,
                                              double spatial_scale) {
-  const char* op = "fcis_assemble";
-  const FcisParams p =
-      check_fcis_assemble(op, score_maps, rois, group_size, output_size, spatial_scale);
-  Tensor inside = at::empty({p.rois, p.classes, p.size, p.size}, score_maps.options());
-  Tensor outside = at::empty_like(inside);
+  const FcisAssembleCall call =
+      prepare_fcis_assemble(score_maps, rois, group_size, output_size, spatial_scale);
+  const FcisParams& p = call.params;
+  const Tensor &inside = call.inside, &outside = call.outside;
   if (inside.numel() == 0) return {inside, outside};
-  const Tensor maps = score_maps.contiguous();
   ATROUS_ASSEMBLE_DISPATCH(score_maps.scalar_type(), "fcis_assemble_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Tensor boxes = rois.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const acc_t* box_ptr = boxes.data_ptr<acc_t>();
-    const scalar_t* src = maps.data_ptr<scalar_t>();
+    const acc_t* box_ptr = call.rois.data_ptr<acc_t>();
+    const scalar_t* src = call.maps.data_ptr<scalar_t>();
     scalar_t* in_ptr = inside.data_ptr<scalar_t>();
     scalar_t* out_ptr = outside.data_ptr<scalar_t>();
     const acc_t scale = static_cast<acc_t>(spatial_scale);
@@ -138,20 +129,18 @@ Tensor fcis_assemble_backward_cpu(const Tensor& grad_inside, const Tensor& grad_
                                   const Tensor& rois, int64_t group_size, int64_t output_size,
                                   double spatial_scale, int64_t batch, int64_t height,
                                   int64_t width) {
-  const char* op = "fcis_assemble_backward";
-  const FcisParams p = check_fcis_assemble_backward(op, grad_inside, grad_outside, rois,
-                                                    group_size, output_size, spatial_scale, batch,
-                                                    height, width);
+  const FcisAssembleBackwardCall call =
+      prepare_fcis_assemble_backward(grad_inside, grad_outside, rois, group_size, output_size,
+                                     spatial_scale, batch, height, width);
+  const FcisParams& p = call.params;
   const int64_t channels = 2 * p.k * p.k * p.classes;
-  Tensor grad = at::empty({batch, channels, height, width}, grad_inside.options());
+  const Tensor& grad = call.grad;
   if (grad.numel() == 0) return grad;
-  const Tensor gi = grad_inside.contiguous(), go = grad_outside.contiguous();
   ATROUS_ASSEMBLE_DISPATCH(grad_inside.scalar_type(), "fcis_assemble_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Tensor boxes = rois.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const acc_t* box_ptr = boxes.data_ptr<acc_t>();
-    const scalar_t* gi_ptr = gi.data_ptr<scalar_t>();
-    const scalar_t* go_ptr = go.data_ptr<scalar_t>();
+    const acc_t* box_ptr = call.rois.data_ptr<acc_t>();
+    const scalar_t* gi_ptr = call.grad_inside.data_ptr<scalar_t>();
+    const scalar_t* go_ptr = call.grad_outside.data_ptr<scalar_t>();
     scalar_t* dst = grad.data_ptr<scalar_t>();
     const acc_t scale = static_cast<acc_t>(spatial_scale);
     const int64_t plane = height * width, out_plane = p.size * p.size;

@@ -156,14 +156,11 @@ __global__ void fcis_assemble_backward_kernel(FcisParams p, at::opmath_type<scal
 inline Tensor instance_assemble(const Tensor& scores, int64_t k, int64_t m,
                               c10::IntArrayRef window_stride,
                               const c10::optional<Tensor>& centers, cudaStream_t stream) {
-  const InstanceAssembleParams p =
-      check_instance_assemble("instance_assemble", scores, k, m, window_stride, centers);
-  const bool selected = centers.has_value() && centers->defined();
-  Tensor out = at::empty(instance_assemble_output_shape(p, selected), scores.options());
+  const InstanceAssembleCall call = prepare_instance_assemble(scores, k, m, window_stride, centers);
+  const InstanceAssembleParams& p = call.params;
+  const Tensor &out = call.out, &s = call.scores;
   if (out.numel() == 0) return out;
-  const Tensor s = scores.contiguous();
-  const Tensor c = selected ? centers->contiguous() : Tensor();
-  const int64_t* c_ptr = selected ? c.const_data_ptr<int64_t>() : nullptr;
+  const int64_t* c_ptr = call.centers.defined() ? call.centers.const_data_ptr<int64_t>() : nullptr;
   const int64_t total = out.numel();
   ATROUS_ASSEMBLE_DISPATCH(scores.scalar_type(), "instance_assemble_cuda", [&] {
     if (fits_int32({total, s.numel()})) {
@@ -183,17 +180,14 @@ inline Tensor instance_assemble_backward(const Tensor& grad_output, int64_t batc
                                        int64_t width, int64_t k, int64_t m,
                                        c10::IntArrayRef window_stride,
                                        const c10::optional<Tensor>& centers, cudaStream_t stream) {
-  const InstanceAssembleParams p = check_instance_assemble_backward(
-      "instance_assemble_backward", grad_output, batch, height, width, k, m, window_stride,
-      centers);
-  const bool selected = centers.has_value() && centers->defined();
-  Tensor grad = at::empty({batch, k * k, height, width}, grad_output.options());
+  const InstanceAssembleBackwardCall call = prepare_instance_assemble_backward(
+      grad_output, batch, height, width, k, m, window_stride, centers);
+  const InstanceAssembleParams& p = call.params;
+  const Tensor &grad = call.grad, &gy = call.grad_output;
   if (grad.numel() == 0) return grad;
-  const Tensor gy = grad_output.contiguous();
-  Tensor order, starts;
-  if (selected) std::tie(order, starts) = index_selected_windows(*centers, p);
-  const int64_t* order_ptr = selected ? order.const_data_ptr<int64_t>() : nullptr;
-  const int64_t* starts_ptr = selected ? starts.const_data_ptr<int64_t>() : nullptr;
+  const bool selected = call.order.defined();
+  const int64_t* order_ptr = selected ? call.order.const_data_ptr<int64_t>() : nullptr;
+  const int64_t* starts_ptr = selected ? call.starts.const_data_ptr<int64_t>() : nullptr;
   const int64_t total = grad.numel();
   ATROUS_ASSEMBLE_DISPATCH(grad_output.scalar_type(), "instance_assemble_backward_cuda", [&] {
     if (fits_int32({total, gy.numel()})) {
@@ -212,16 +206,15 @@ inline Tensor instance_assemble_backward(const Tensor& grad_output, int64_t batc
 inline std::tuple<Tensor, Tensor> fcis_assemble(const Tensor& score_maps, const Tensor& rois,
                                               int64_t group_size, int64_t output_size,
                                               double spatial_scale, cudaStream_t stream) {
-  const FcisParams p =
-      check_fcis_assemble("fcis_assemble", score_maps, rois, group_size, output_size, spatial_scale);
-  Tensor inside = at::empty({p.rois, p.classes, p.size, p.size}, score_maps.options());
-  Tensor outside = at::empty_like(inside);
+  const FcisAssembleCall call =
+      prepare_fcis_assemble(score_maps, rois, group_size, output_size, spatial_scale);
+  const FcisParams& p = call.params;
+  const Tensor &inside = call.inside, &outside = call.outside, &maps = call.maps,
+               &boxes = call.rois;
   if (inside.numel() == 0) return {inside, outside};
-  const Tensor maps = score_maps.contiguous();
   const int64_t total = inside.numel();
   ATROUS_ASSEMBLE_DISPATCH(score_maps.scalar_type(), "fcis_assemble_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Tensor boxes = rois.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t scale = static_cast<acc_t>(spatial_scale);
     if (fits_int32({total, maps.numel()})) {
       ATROUS_ASSEMBLE_LAUNCH((fcis_assemble_kernel<scalar_t, int32_t>), total, stream, p, scale,
@@ -242,16 +235,16 @@ inline Tensor fcis_assemble_backward(const Tensor& grad_inside, const Tensor& gr
                                    const Tensor& rois, int64_t group_size, int64_t output_size,
                                    double spatial_scale, int64_t batch, int64_t height,
                                    int64_t width, cudaStream_t stream) {
-  const FcisParams p =
-      check_fcis_assemble_backward("fcis_assemble_backward", grad_inside, grad_outside, rois,
-                                   group_size, output_size, spatial_scale, batch, height, width);
-  Tensor grad = at::empty({batch, 2 * p.k * p.k * p.classes, height, width}, grad_inside.options());
+  const FcisAssembleBackwardCall call =
+      prepare_fcis_assemble_backward(grad_inside, grad_outside, rois, group_size, output_size,
+                                     spatial_scale, batch, height, width);
+  const FcisParams& p = call.params;
+  const Tensor &grad = call.grad, &gi = call.grad_inside, &go = call.grad_outside,
+               &boxes = call.rois;
   if (grad.numel() == 0) return grad;
-  const Tensor gi = grad_inside.contiguous(), go = grad_outside.contiguous();
   const int64_t total = grad.numel();
   ATROUS_ASSEMBLE_DISPATCH(grad_inside.scalar_type(), "fcis_assemble_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Tensor boxes = rois.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t scale = static_cast<acc_t>(spatial_scale);
     if (fits_int32({total, gi.numel()})) {
       ATROUS_ASSEMBLE_LAUNCH((fcis_assemble_backward_kernel<scalar_t, int32_t>), total, stream, p,
