@@ -156,7 +156,9 @@ def run_layer(layer, dilation, device, dtype, warmup, reps, memory_format=torch.
 
     ours_fwd = lambda: _ops.conv_forward(x, w, b, stride, pads4, dil, layer.groups)  # noqa: E731
     torch_fwd = lambda: F.conv2d(x, w, b, stride, pad, dil, layer.groups)  # noqa: E731
-    y_ref = ours_fwd() if reference_dtype is not None else torch_fwd()  # its shape, then the reference
+    # The reference sees the same (rounded) inputs, in reference_dtype when one is given.
+    ref_inputs = (x, w, b) if reference_dtype is None else tuple(t.to(reference_dtype) for t in (x, w, b))
+    y_ref = F.conv2d(*ref_inputs, stride, pad, dil, layer.groups)
     gy = torch.randn(y_ref.shape, generator=gen).to(device=device, dtype=dtype)
     if memory_format == torch.channels_last:
         gy = gy.contiguous(memory_format=torch.channels_last)
@@ -168,13 +170,12 @@ def run_layer(layer, dilation, device, dtype, warmup, reps, memory_format=torch.
         return lambda: torch.ops.aten.convolution_backward(
             gy, x, w, [layer.out_channels], stride, pad, dil, False, [0, 0], layer.groups, mask)
 
-    if reference_dtype is not None:
-        xr, wr, br, gyr = (t.to(reference_dtype) for t in (x, w, b, gy))
-        y_ref = F.conv2d(xr, wr, br, stride, pad, dil, layer.groups)
-        ref_bwd = torch.ops.aten.convolution_backward(
-            gyr, xr, wr, [layer.out_channels], stride, pad, dil, False, [0, 0], layer.groups, [True, True, False])
-    else:
+    if reference_dtype is None:
         ref_bwd = torch_bwd([True, True, False])()
+    else:
+        ref_bwd = torch.ops.aten.convolution_backward(
+            gy.to(reference_dtype), ref_inputs[0], ref_inputs[1], [layer.out_channels], stride, pad, dil, False,
+            [0, 0], layer.groups, [True, True, False])
     ours_gi = ours_bwd([True, False, False])()[0]
     ours_gw = ours_bwd([False, True, False])()[1]
     errors = {
