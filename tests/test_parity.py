@@ -67,6 +67,9 @@ CASES_2D = [
     Case("many_channels", (1, 100, 5, 6), (20, 100, 3, 3), dict(padding=1)),
     Case("many_channels_groups2", (1, 100, 5, 6), (20, 50, 3, 3), dict(padding=2, dilation=2, groups=2)),
     Case("deep_gemm", (1, 260, 4, 4), (9, 260, 2, 2), dict(padding=1)),
+    # more than 16 column panels in forward (290 outputs) and grad_input (150 inputs, float64):
+    # several column blocks per pixel tile
+    Case("wide_gemm_column_blocks", (1, 150, 5, 7), (290, 150, 3, 3), dict(padding=2, dilation=2)),
     Case("grad_weight_segments", (2, 7, 64, 70), (9, 7, 3, 3), dict(padding=(3, 5), dilation=(3, 5))),
     Case("grad_weight_segments_groups", (1, 12, 70, 64), (18, 4, 3, 3), dict(padding=2, dilation=2, groups=3)),
     Case("depthwise_many_pixels", (2, 3, 12, 11), (6, 1, 3, 3), dict(padding=3, dilation=3, groups=3)),
@@ -245,6 +248,7 @@ def test_half_precision_channels_last(dtype):
 ISA_CASES = cases(
     "stride1_pad1", "stride_unequal_1x2", "padding_same_strided", "padding_asymmetric", "groups2", "depthwise",
     "depthwise_multiplier2", "many_pixel_tiles", "many_channels", "many_channels_groups2", "deep_gemm",
+    "wide_gemm_column_blocks",
 )
 
 

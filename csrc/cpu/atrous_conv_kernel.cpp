@@ -44,6 +44,11 @@ using cpu::panels_for;
 constexpr int64_t kPixelTile = 192;
 // Images with at most this many pixels are one tile (see tiled_gather_gemm).
 constexpr int64_t kWholeImageTile = 1536;
+// Column panels per unit at most (1 KiB of each C row): wider C rows are
+// split into column blocks, so that the rows gather_gemm sweeps per depth
+// block (its kRowBlock x panels) stay in L2 beside A and B. 2048 columns in
+// one unit measured 1.23x slower (ASPP grad_input, bench/NOTES.md).
+constexpr int64_t kUnitPanels = 16;
 // Pixels per unit in the depthwise path, whose tile spans every channel.
 constexpr int64_t kDepthwiseTile = 32;
 // grad_weight (see grad_weight_gemm): at most this many input channels per
@@ -285,8 +290,8 @@ void store_segment(scalar_t* dst, int64_t stride_c, int64_t stride_x, const acc_
 // Tiles: a whole image when it has at most kWholeImageTile pixels (each tap's
 // weights are then streamed once per image, which matters at large rates,
 // where few pixels are valid per tap), else kPixelTile pixels. Column blocks
-// split the panels only when there are too few units to keep every thread
-// busy. Neither choice changes any element's summation order (init, then
+// split the panels when a C row would exceed kUnitPanels, and further when
+// there are too few units to keep every thread busy. Neither choice changes any element's summation order (init, then
 // taps in order, then k in order), so results do not depend on it.
 //
 // A and B are acc_t, or bfloat16 pairs for the dot-product GEMM (in_t =
@@ -311,6 +316,7 @@ void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64
   int64_t col_blocks = 1;
   if (pixel_units > 0 && pixel_units < wanted_units)
     col_blocks = std::min(panels, (wanted_units + pixel_units - 1) / pixel_units);
+  col_blocks = std::max(col_blocks, (panels + kUnitPanels - 1) / kUnitPanels);
   const int64_t block_panels = (panels + col_blocks - 1) / col_blocks;
   col_blocks = (panels + block_panels - 1) / block_panels;
   const int64_t row_len = block_panels * width_elems;
