@@ -626,6 +626,16 @@ void widen(const T* src, acc_t* dst, int64_t n) {
     cpu::widen_to_float(src, dst, n);
 }
 
+// dst[2j] = a[j], dst[2j + 1] = b[j] for j < n, a null row reading as zeros:
+// two pixels' rows as the pairs of OuterGemmBf16Args.
+inline void interleave_pairs(const BFloat16* a, const BFloat16* b, BFloat16* dst, int64_t n) {
+  const BFloat16 zero(0.f);
+  for (int64_t j = 0; j < n; ++j) {
+    dst[2 * j] = a ? a[j] : zero;
+    dst[2 * j + 1] = b ? b[j] : zero;
+  }
+}
+
 // grad_w[g*Cog + co, ci, tap] = sum_{valid pixels} x[n, ih, iw, g*Cig + ci] * grad_y[n, oh, ow, g*Cog + co].
 // The GEMM depth is the pixel count: each output pixel is a rank-1 update of
 // the transposed weight gradient of every tap that reads inside the image,
@@ -641,13 +651,25 @@ void widen(const T* src, acc_t* dst, int64_t n) {
 //     are copied into a second buffer, so both operands of outer_gemm are
 //     short sequential streams.
 // Both copies convert to acc_t, so x and grad_y may be 16-bit NHWC rows.
+//
+// kPairs (bfloat16 on AVX512_BF16): the copies stay bfloat16 and interleave
+// the chunk's pixels two by two (2q, 2q + 1), the pairs of the vdpbf16ps
+// outer_gemm (OuterGemmBf16Args). grad_y pairs are made once per chunk; per
+// tap, a pair takes part when either pixel is valid, and a pixel that is not
+// gets a zero x row (the multiply-adds it wastes are at most one per valid
+// run of pixels and chunk end).
+//
 // Segments exist for parallelism when there are few channel blocks (64
 // channels on a large map is one block): each segment sums its pixels into a
 // partial, and the partials are added in segment order. The segment count
 // depends on the shapes only, never on the thread count, so results are
 // bitwise the same with any number of threads.
-template <typename scalar_t, typename acc_t, typename x_t, typename gy_t>
+template <typename scalar_t, typename acc_t, bool kPairs = false, typename x_t, typename gy_t>
 void grad_weight_gemm(const ConvParams& p, const x_t* x, const gy_t* gy, Tensor& grad_weight) {
+  static_assert(!kPairs || (std::is_same_v<x_t, BFloat16> && std::is_same_v<gy_t, BFloat16> &&
+                            std::is_same_v<acc_t, float>),
+                "the pair GEMM reads bfloat16 rows into float32 sums");
+  using buf_t = std::conditional_t<kPairs, BFloat16, acc_t>;  // the copies' type
   const int64_t G = p.groups, cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
   const int64_t taps = p.taps(), width = panel_width<acc_t>();
   const int64_t panels = panels_for<acc_t>(cog), row_len = panels * width;
@@ -675,14 +697,16 @@ void grad_weight_gemm(const ConvParams& p, const x_t* x, const gy_t* gy, Tensor&
   acc_t* partial_data = partials.defined() ? partials.data_ptr<acc_t>() : nullptr;
   const Strides4 ws(grad_weight);
   scalar_t* gw_data = grad_weight.data_ptr<scalar_t>();
-  // Buffer rows are padded by one panel so their stride is never a multiple of
-  // a large power of two (rows 2^k bytes apart share a few L1 sets).
+  // Buffer rows (per pixel, or per pixel pair: twice as long) are padded by
+  // one panel so their stride is never a multiple of a large power of two
+  // (rows 2^k bytes apart share a few L1 sets).
   const int64_t gy_ld = row_len + width, x_ld = block_rows + width;
+  constexpr int64_t kPerSlot = kPairs ? 2 : 1;  // pixels per GEMM k step
 
   at::parallel_for(0, G * row_blocks * segments, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(taps * block_rows * row_len);
-    std::vector<acc_t> gy_chunk(kGradWeightChunk * gy_ld), x_chunk(kGradWeightChunk * x_ld);
-    std::vector<const acc_t*> x_rows(kGradWeightChunk), gy_rows(kGradWeightChunk);
+    std::vector<buf_t> gy_chunk(kGradWeightChunk * gy_ld), x_chunk(kGradWeightChunk * x_ld);
+    std::vector<const buf_t*> x_rows(kGradWeightChunk), gy_rows(kGradWeightChunk);
     std::vector<int64_t> chunk_n(kGradWeightChunk), chunk_oh(kGradWeightChunk),
         chunk_ow(kGradWeightChunk);
     for (int64_t unit = begin; unit < end; ++unit) {
@@ -694,15 +718,22 @@ void grad_weight_gemm(const ConvParams& p, const x_t* x, const gy_t* gy, Tensor&
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t c0 = pix_begin; c0 < pix_end; c0 += kGradWeightChunk) {
         const int64_t count = std::min(kGradWeightChunk, pix_end - c0);
+        const int64_t slots = (count + kPerSlot - 1) / kPerSlot;
+        auto gy_row = [&](int64_t k) { return gy + (c0 + k) * p.out_channels + g * cog; };
         for (int64_t k = 0; k < count; ++k) {
           const int64_t pix = c0 + k;
           chunk_ow[k] = pix % p.out_width;
           chunk_oh[k] = (pix / p.out_width) % p.out_height;
           chunk_n[k] = pix / (p.out_width * p.out_height);
-          const gy_t* src = gy + pix * p.out_channels + g * cog;
-          acc_t* dst = gy_chunk.data() + k * gy_ld;
-          widen(src, dst, cog);
-          std::fill(dst + cog, dst + row_len, acc_t(0));
+        }
+        for (int64_t s = 0; s < slots; ++s) {
+          buf_t* dst = gy_chunk.data() + s * kPerSlot * gy_ld;
+          if constexpr (kPairs) {
+            interleave_pairs(gy_row(2 * s), 2 * s + 1 < count ? gy_row(2 * s + 1) : nullptr, dst, cog);
+          } else {
+            widen(gy_row(s), dst, cog);
+          }
+          std::fill(dst + kPerSlot * cog, dst + kPerSlot * row_len, buf_t(0));
         }
         for (int64_t tap = 0; tap < taps; ++tap) {
           const int64_t kh = tap / p.kernel_width, kw = tap % p.kernel_width;
@@ -710,23 +741,38 @@ void grad_weight_gemm(const ConvParams& p, const x_t* x, const gy_t* gy, Tensor&
               valid_out_range(p.in_height, p.out_height, kh, p.stride_h, p.pad_top, p.dilation_h);
           const IndexRange ow_valid =
               valid_out_range(p.in_width, p.out_width, kw, p.stride_w, p.pad_left, p.dilation_w);
-          int64_t depth = 0;
-          for (int64_t k = 0; k < count; ++k) {
+          // The unit's x channels that chunk pixel k reads through the tap, or
+          // null when it reads padding.
+          auto x_row = [&](int64_t k) -> const x_t* {
+            if (k >= count) return nullptr;
             const int64_t oh = chunk_oh[k], ow = chunk_ow[k];
             if (oh < oh_valid.begin || oh >= oh_valid.end || ow < ow_valid.begin || ow >= ow_valid.end)
-              continue;
+              return nullptr;
             const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
             const int64_t iw = input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w);
-            const x_t* src =
-                x + ((chunk_n[k] * p.in_height + ih) * p.in_width + iw) * p.in_channels + g * cig + ci0;
-            acc_t* dst = x_chunk.data() + depth * x_ld;
-            widen(src, dst, rows);
+            return x + ((chunk_n[k] * p.in_height + ih) * p.in_width + iw) * p.in_channels + g * cig + ci0;
+          };
+          int64_t depth = 0;
+          for (int64_t s = 0; s < slots; ++s) {
+            buf_t* dst = x_chunk.data() + depth * kPerSlot * x_ld;
+            if constexpr (kPairs) {
+              const BFloat16 *first = x_row(2 * s), *second = x_row(2 * s + 1);
+              if (first == nullptr && second == nullptr) continue;
+              interleave_pairs(first, second, dst, rows);
+            } else {
+              const x_t* src = x_row(s);
+              if (src == nullptr) continue;
+              widen(src, dst, rows);
+            }
             x_rows[depth] = dst;
-            gy_rows[depth] = gy_chunk.data() + k * gy_ld;
+            gy_rows[depth] = gy_chunk.data() + s * kPerSlot * gy_ld;
             ++depth;
           }
-          outer_gemm(OuterGemmArgs<acc_t>{rows, depth, panels, x_rows.data(), gy_rows.data(),
-                                          acc.data() + tap * block_rows * row_len});
+          acc_t* c = acc.data() + tap * block_rows * row_len;
+          if constexpr (kPairs)
+            outer_gemm(cpu::OuterGemmBf16Args{rows, depth, panels, x_rows.data(), gy_rows.data(), c});
+          else
+            outer_gemm(OuterGemmArgs<acc_t>{rows, depth, panels, x_rows.data(), gy_rows.data(), c});
         }
       }
       for (int64_t tap = 0; tap < taps; ++tap) {
@@ -887,6 +933,13 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
       } else {
         const Tensor x = to_nhwc<scalar_t>(input);
         for_gy_source([&](const auto* gy) {
+          using gy_t = std::remove_cv_t<std::remove_pointer_t<decltype(gy)>>;
+          if constexpr (std::is_same_v<scalar_t, BFloat16> && std::is_same_v<gy_t, BFloat16>) {
+            if (cpu::bf16_dot_active()) {
+              grad_weight_gemm<scalar_t, acc_t, /*kPairs=*/true>(p, x.data_ptr<scalar_t>(), gy, grad_weight);
+              return;
+            }
+          }
           grad_weight_gemm<scalar_t, acc_t>(p, x.data_ptr<scalar_t>(), gy, grad_weight);
         });
       }

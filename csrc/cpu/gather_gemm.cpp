@@ -314,6 +314,63 @@ ATROUS_BF16_TARGET void gather_gemm_bf16_impl(const GatherGemmBf16Args& args) {
 ATROUS_BF16_TARGET void run_avx512_bf16(const GatherGemmBf16Args& a) {
   gather_gemm_bf16_impl<kBf16TileRows>(a);
 }
+
+// outer_tile with pixels taken two at a time: per pair it loads NP 64-byte B
+// rows (16 columns x 2 pixels each), broadcasts MR 32-bit A pairs and issues
+// MR * NP vdpbf16ps, each worth 32 multiply-adds.
+template <int MR, int NP>
+ATROUS_BF16_TARGET inline void bf16_outer_tile(const OuterGemmBf16Args& args, int64_t row0,
+                                               int64_t col) {
+  const int64_t ldc = args.panels * kBf16PanelColumns;
+  float* c = args.c + row0 * ldc + col;
+  __m512 acc[MR][NP];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NP; ++v) acc[i][v] = _mm512_loadu_ps(c + i * ldc + v * kBf16PanelColumns);
+  for (int64_t q = 0; q < args.pairs; ++q) {
+    const c10::BFloat16* a = args.a_cols[q] + 2 * row0;
+    const c10::BFloat16* b = args.b_rows[q] + 2 * col;
+    __m512bh bv[NP];
+    for (int v = 0; v < NP; ++v)
+      bv[v] = (__m512bh)_mm512_loadu_si512(b + v * 2 * kBf16PanelColumns);
+    for (int i = 0; i < MR; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, a + 2 * i, sizeof(pair));
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+      for (int v = 0; v < NP; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], bv[v], av);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NP; ++v) _mm512_storeu_ps(c + i * ldc + v * kBf16PanelColumns, acc[i][v]);
+}
+
+template <int MR, int NP>
+ATROUS_BF16_TARGET inline void bf16_outer_tail_rows(int rows, const OuterGemmBf16Args& args,
+                                                    int64_t row0, int64_t col) {
+  if constexpr (MR > 1) {
+    if (rows == MR - 1) {
+      bf16_outer_tile<MR - 1, NP>(args, row0, col);
+      return;
+    }
+    bf16_outer_tail_rows<MR - 1, NP>(rows, args, row0, col);
+  }
+}
+
+template <int MR, int NP>
+ATROUS_BF16_TARGET inline void bf16_outer_panels(const OuterGemmBf16Args& args, int64_t col) {
+  const int64_t full_rows = args.rows - args.rows % MR;
+  for (int64_t m = 0; m < full_rows; m += MR) bf16_outer_tile<MR, NP>(args, m, col);
+  if (full_rows < args.rows)
+    bf16_outer_tail_rows<MR, NP>(static_cast<int>(args.rows - full_rows), args, full_rows, col);
+}
+
+// The fp32 outer tile's shape (6 rows x 2 panels, 12 accumulators), which
+// also covers vdpbf16ps's 6-cycle latency at one per cycle.
+ATROUS_BF16_TARGET void run_avx512_bf16(const OuterGemmBf16Args& a) {
+  constexpr int MR = 6, NP = 2;
+  int64_t p = 0;
+  for (; p + NP <= a.panels; p += NP) bf16_outer_panels<MR, NP>(a, p * kBf16PanelColumns);
+  for (; p < a.panels; ++p) bf16_outer_panels<MR, 1>(a, p * kBf16PanelColumns);
+}
 #undef ATROUS_BF16_TARGET
 #endif
 
@@ -457,6 +514,14 @@ void gather_gemm(const GatherGemmBf16Args& args) {
   TORCH_INTERNAL_ASSERT(bf16_dot_active(), "gather_gemm(bf16) called without AVX512_BF16");
   TORCH_INTERNAL_ASSERT(args.depth % 2 == 0, "gather_gemm(bf16): odd depth ", args.depth);
   if (args.rows <= 0 || args.depth <= 0 || args.panels <= 0) return;
+#if defined(__x86_64__)
+  run_avx512_bf16(args);
+#endif
+}
+
+void outer_gemm(const OuterGemmBf16Args& args) {
+  TORCH_INTERNAL_ASSERT(bf16_dot_active(), "outer_gemm(bf16) called without AVX512_BF16");
+  if (args.rows <= 0 || args.pairs <= 0 || args.panels <= 0) return;
 #if defined(__x86_64__)
   run_avx512_bf16(args);
 #endif

@@ -89,6 +89,27 @@ struct OuterGemmArgs {
 void outer_gemm(const OuterGemmArgs<float>& args);
 void outer_gemm(const OuterGemmArgs<double>& args);
 
+// outer_gemm on bfloat16 operands with float32 C, two pixels per vdpbf16ps:
+//
+//   C[i][0:n) += sum_q A_q[i][0] * B_q[0:n)[0] + A_q[i][1] * B_q[0:n)[1],   q < pairs
+//
+// where pair q holds two pixels k = 2q, 2q + 1 (a pixel that a caller leaves
+// out of a pair is a zero A value):
+//   a_cols[q]  points to rows x 2 values, (A_2q[i], A_2q+1[i]) for row i;
+//   b_rows[q]  points to panels x 16 columns x 2 values, (B_2q[j], B_2q+1[j])
+//              for column j.
+// Rounding as in GatherGemmBf16Args. Only callable when bf16_dot_active().
+struct OuterGemmBf16Args {
+  int64_t rows;
+  int64_t pairs;
+  int64_t panels;
+  const c10::BFloat16* const* a_cols;
+  const c10::BFloat16* const* b_rows;
+  float* c;  // rows x panels*16, row-major
+};
+
+void outer_gemm(const OuterGemmBf16Args& args);
+
 // dst[i] = float(src[i]) for i < n: F16C's 8-wide conversion for float16
 // where the CPU has it (plain C++ converts float16 in software, one value at
 // a time), a vectorizable shift for bfloat16.
