@@ -243,6 +243,26 @@ def test_half_precision_channels_last(dtype):
     assert_matches(out, ref, dtype)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("isa", ["best", "avx512"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_wide_gemm(dtype, isa, layout, restore_cpu_isa):
+    """136 channels on a 40x40 map: 9 column panels per unit, so 16-bit A rows
+    are widened block by block inside the GEMM (forward and grad_input) instead
+    of copied to float first; bfloat16 on avx512 takes that path as well."""
+    if isa != "best":
+        if isa not in atrous_cuda.build_info()["cpu_isas_available"].split(","):
+            pytest.skip(f"this CPU does not support {isa}")
+        atrous_cuda._C.set_cpu_isa(isa)
+    x, w, b = random_conv_inputs((2, 136, 40, 40), (136, 136, 3, 3), dtype=dtype)
+    prepare = (lambda t: t.contiguous(memory_format=torch.channels_last)) if layout == "channels_last" else None
+    kwargs = dict(padding=(2, 3), dilation=(2, 3))
+    ours = conv_and_grads(atrous_conv, x, w, b, prepare=prepare, **kwargs)
+    gy = seeded_randn(ours.out.shape, dtype, seed=1)
+    ref = conv_and_grads(reference_conv, x.float(), w.float(), b.float(), grad_output=gy.float(), **kwargs)
+    assert_results_match(ours, ref, dtype)
+
+
 # ------------------------------------------------------------ CPU paths --
 
 ISA_CASES = cases(

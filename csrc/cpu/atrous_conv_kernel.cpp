@@ -222,6 +222,11 @@ Tensor pack_weight_panels(const Tensor& weight, const ConvParams& p, bool transp
   return packed;
 }
 
+// The packed B operand's element type: acc_t, or bfloat16 pairs for the
+// dot-product GEMM.
+template <typename acc_t, bool kPairs>
+using PackedB = std::conditional_t<kPairs, BFloat16, acc_t>;
+
 // Depthwise-path weight as [tap][out_channel].
 template <typename acc_t>
 Tensor pack_weight_depthwise(const Tensor& weight, const ConvParams& p) {
@@ -278,6 +283,47 @@ void store_segment(scalar_t* dst, int64_t stride_c, int64_t stride_x, const acc_
   }
 }
 
+// The work units of tiled_gather_gemm (below) for planes of `pixels` pixels
+// and `panels` column panels per group.
+struct GemmTiling {
+  int64_t tile_pixels, tiles;        // pixels per tile, tiles per plane
+  int64_t col_blocks, block_panels;  // column blocks per tile, panels per block
+};
+
+GemmTiling gemm_tiling(const ConvParams& p, int64_t pixels, int64_t panels) {
+  GemmTiling t;
+  t.tile_pixels = pixels <= kWholeImageTile ? std::max<int64_t>(pixels, 1) : kPixelTile;
+  t.tiles = (pixels + t.tile_pixels - 1) / t.tile_pixels;
+  const int64_t pixel_units = p.batch * p.groups * t.tiles;
+  const int64_t wanted_units = 4 * static_cast<int64_t>(at::get_num_threads());
+  int64_t col_blocks = 1;
+  if (pixel_units > 0 && pixel_units < wanted_units)
+    col_blocks = std::min(panels, (wanted_units + pixel_units - 1) / pixel_units);
+  col_blocks = std::max(col_blocks, (panels + kUnitPanels - 1) / kUnitPanels);
+  t.block_panels = (panels + col_blocks - 1) / col_blocks;
+  t.col_blocks = (panels + t.block_panels - 1) / t.block_panels;
+  return t;
+}
+
+// 16-bit A rows (float16, and bfloat16 off the dot-product path) are read as
+// they are and widened block by block inside gather_gemm, once per unit, tap
+// and column block. That matches or beats one float copy of the whole operand
+// (WaveNet float16 grad_input 135 -> 115 ms, ASPP OS8 forward 182 -> 172 ms)
+// when a unit spans at least kWidenInGemmPanels panels, every widened value
+// then feeding as many vector FMAs; a unit of 2 panels (ASPP OS16 forward,
+// where column blocks make the parallelism) measured 1.27x slower than the
+// copy (bench/NOTES.md).
+constexpr int64_t kWidenInGemmPanels = 8;
+
+template <typename scalar_t, typename acc_t>
+bool widen_in_gemm(const ConvParams& p, int64_t pixels, int64_t cols) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return false;
+  } else {
+    return gemm_tiling(p, pixels, panels_for<acc_t>(cols)).block_panels >= kWidenInGemmPanels;
+  }
+}
+
 // The forward and grad_input share one driver. Both compute, for every pixel
 // of a plane (the output for the forward, the input for grad_input) and every
 // column of a group,
@@ -291,40 +337,36 @@ void store_segment(scalar_t* dst, int64_t stride_c, int64_t stride_x, const acc_
 // weights are then streamed once per image, which matters at large rates,
 // where few pixels are valid per tap), else kPixelTile pixels. Column blocks
 // split the panels when a C row would exceed kUnitPanels, and further when
-// there are too few units to keep every thread busy. Neither choice changes any element's summation order (init, then
-// taps in order, then k in order), so results do not depend on it.
+// there are too few units to keep every thread busy. Neither choice changes
+// any element's summation order (init, then taps in order, then k in order),
+// so results do not depend on it.
 //
-// A and B are acc_t, or bfloat16 pairs for the dot-product GEMM (in_t =
-// BFloat16, acc_t = float; `depth` is then even, see GatherGemmBf16Args).
+// A rows (a_t) are acc_t, or 16-bit rows that gather_gemm widens block by
+// block (a_t = Half or BFloat16, acc_t = float), and B is acc_t; or, with
+// kPairs, both are the bfloat16 pairs of the dot-product GEMM (`depth` is
+// then even, see GatherGemmBf16Args).
 //
 //   init(g, col):                      the initial value of column col
 //   gather(n, g, kh, kw, y, x0, x1, emit): calls emit(x, a_row) for each
 //                                      pixel (y, x), x0 <= x < x1, with a valid A row
 //   store(n, g, y, x0, x1, c0, c1, rows, row_len): writes columns [c0, c1) of
 //                                      the finished C rows of pixels (y, x0..x1)
-template <typename acc_t, typename in_t, typename Init, typename Gather, typename Store>
+template <typename acc_t, typename a_t, bool kPairs, typename Init, typename Gather, typename Store>
 void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64_t depth,
-                       int64_t cols, const in_t* packed, Init&& init, Gather&& gather,
-                       Store&& store) {
+                       int64_t cols, const PackedB<acc_t, kPairs>* packed, Init&& init,
+                       Gather&& gather, Store&& store) {
   const int64_t G = p.groups, width_elems = panel_width<acc_t>();
   const int64_t panels = panels_for<acc_t>(cols);
   const int64_t pixels = height * width;
-  const int64_t tile_pixels = pixels <= kWholeImageTile ? std::max<int64_t>(pixels, 1) : kPixelTile;
-  const int64_t tiles = (pixels + tile_pixels - 1) / tile_pixels;
-  const int64_t pixel_units = p.batch * G * tiles;
-  const int64_t wanted_units = 4 * static_cast<int64_t>(at::get_num_threads());
-  int64_t col_blocks = 1;
-  if (pixel_units > 0 && pixel_units < wanted_units)
-    col_blocks = std::min(panels, (wanted_units + pixel_units - 1) / pixel_units);
-  col_blocks = std::max(col_blocks, (panels + kUnitPanels - 1) / kUnitPanels);
-  const int64_t block_panels = (panels + col_blocks - 1) / col_blocks;
-  col_blocks = (panels + block_panels - 1) / block_panels;
+  const GemmTiling t = gemm_tiling(p, pixels, panels);
+  const int64_t tile_pixels = t.tile_pixels, tiles = t.tiles, col_blocks = t.col_blocks;
+  const int64_t block_panels = t.block_panels, pixel_units = p.batch * G * tiles;
   const int64_t row_len = block_panels * width_elems;
   const int64_t tap_stride = panels * depth * width_elems;
 
   at::parallel_for(0, pixel_units * col_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(tile_pixels * row_len);
-    std::vector<const in_t*> a_rows(tile_pixels);
+    std::vector<const a_t*> a_rows(tile_pixels);
     std::vector<acc_t*> c_rows(tile_pixels);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t block = unit % col_blocks, rest = unit / col_blocks;
@@ -343,18 +385,18 @@ void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64
           int64_t rows = 0;
           for_each_row_segment(pix_begin, pix_end, width,
                                [&](int64_t y, int64_t x0, int64_t x1, int64_t local) {
-            gather(n, g, kh, kw, y, x0, x1, [&](int64_t x, const in_t* a_row) {
+            gather(n, g, kh, kw, y, x0, x1, [&](int64_t x, const a_t* a_row) {
               a_rows[rows] = a_row;
               c_rows[rows] = acc.data() + (local + x - x0) * row_len;
               ++rows;
             });
           });
           const int64_t tap = kh * p.kernel_width + kw;
-          const in_t* b = packed + (g * p.taps() + tap) * tap_stride + p0 * depth * width_elems;
-          if constexpr (std::is_same_v<in_t, acc_t>)
-            gather_gemm(GatherGemmArgs<acc_t>{rows, depth, np, a_rows.data(), c_rows.data(), b});
-          else
+          const auto* b = packed + (g * p.taps() + tap) * tap_stride + p0 * depth * width_elems;
+          if constexpr (kPairs)
             gather_gemm(GatherGemmBf16Args{rows, depth, np, a_rows.data(), c_rows.data(), b});
+          else
+            gather_gemm(GatherGemmArgs<acc_t, a_t>{rows, depth, np, a_rows.data(), c_rows.data(), b});
         }
       }
       for_each_row_segment(pix_begin, pix_end, width,
@@ -371,13 +413,14 @@ void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64
 // with (ih, iw) from equation (1) of atrous_index.h: A rows are input pixels
 // (depth Cig), B the tap's weights (Cig x Cog), C rows output pixels. For a
 // tap, the valid outputs are a rectangle (valid_out_range on each axis).
-template <typename scalar_t, typename acc_t, typename in_t>
-void forward_gemm(const ConvParams& p, const NhwcRows<in_t>& x, int64_t depth, const in_t* packed,
+template <typename scalar_t, typename acc_t, typename a_t, bool kPairs = false>
+void forward_gemm(const ConvParams& p, const NhwcRows<a_t>& x, int64_t depth,
+                  const PackedB<acc_t, kPairs>* packed,
                   const acc_t* bias, Tensor& out) {
   const int64_t cog = p.out_channels_per_group();
   const Strides4 os(out);
   scalar_t* out_data = out.data_ptr<scalar_t>();
-  tiled_gather_gemm<acc_t>(
+  tiled_gather_gemm<acc_t, a_t, kPairs>(
       p, p.out_height, p.out_width, depth, cog, packed,
       [&](int64_t g, int64_t co) { return bias ? bias[g * cog + co] : acc_t(0); },
       [&](int64_t n, int64_t g, int64_t kh, int64_t kw, int64_t oh, int64_t ow0, int64_t ow1,
@@ -470,7 +513,7 @@ bool forward_bf16_dot(const ConvParams& p, const Tensor& input, const Tensor& we
     if (!cpu::bf16_dot_active()) return false;
     const PairRows x = bf16_pair_rows(input, p.groups);
     const Tensor w = pack_weight_panels<BFloat16, cpu::kBf16PanelColumns, 2>(weight, p, /*transposed=*/false);
-    forward_gemm<scalar_t, float, BFloat16>(p, x.rows, x.depth, w.data_ptr<BFloat16>(), bias, out);
+    forward_gemm<scalar_t, float, BFloat16, /*kPairs=*/true>(p, x.rows, x.depth, w.data_ptr<BFloat16>(), bias, out);
     return true;
   }
 }
@@ -496,11 +539,17 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
       forward_depthwise<scalar_t, acc_t>(p, x.data_ptr<acc_t>(), w.data_ptr<acc_t>(), bias_ptr,
                                          out);
     } else if (!forward_bf16_dot<scalar_t>(p, input, weight, bias_ptr, out)) {
-      const Tensor x = to_nhwc<acc_t>(input);
       const Tensor w = pack_weight_panels<acc_t, panel_width<acc_t>(), 1>(weight, p, /*transposed=*/false);
-      forward_gemm<scalar_t, acc_t, acc_t>(p, nhwc_rows<acc_t>(x, p.groups),
-                                           p.in_channels_per_group(), w.data_ptr<acc_t>(),
-                                           bias_ptr, out);
+      const int64_t depth = p.in_channels_per_group();
+      if (widen_in_gemm<scalar_t, acc_t>(p, p.out_height * p.out_width, p.out_channels_per_group())) {
+        const Tensor x = to_nhwc<scalar_t>(input);  // channels_last: in place
+        forward_gemm<scalar_t, acc_t, scalar_t>(p, nhwc_rows<scalar_t>(x, p.groups), depth,
+                                                w.data_ptr<acc_t>(), bias_ptr, out);
+      } else {
+        const Tensor x = to_nhwc<acc_t>(input);
+        forward_gemm<scalar_t, acc_t, acc_t>(p, nhwc_rows<acc_t>(x, p.groups), depth,
+                                             w.data_ptr<acc_t>(), bias_ptr, out);
+      }
     }
   });
   return out;
@@ -513,13 +562,13 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
 // (output_index_for_input): A rows are grad_output pixels (depth Cog), B the
 // tap's transposed weights (Cog x Cig), C rows input pixels. Input pixels no
 // tap reaches keep their zero init.
-template <typename scalar_t, typename acc_t, typename in_t>
-void grad_input_gemm(const ConvParams& p, const NhwcRows<in_t>& gy, int64_t depth,
-                     const in_t* packed_t, Tensor& grad_input) {
+template <typename scalar_t, typename acc_t, typename a_t, bool kPairs = false>
+void grad_input_gemm(const ConvParams& p, const NhwcRows<a_t>& gy, int64_t depth,
+                     const PackedB<acc_t, kPairs>* packed_t, Tensor& grad_input) {
   const int64_t cig = p.in_channels_per_group();
   const Strides4 gs(grad_input);
   scalar_t* gi_data = grad_input.data_ptr<scalar_t>();
-  tiled_gather_gemm<acc_t>(
+  tiled_gather_gemm<acc_t, a_t, kPairs>(
       p, p.in_height, p.in_width, depth, cig, packed_t,
       [&](int64_t, int64_t) { return acc_t(0); },
       [&](int64_t n, int64_t g, int64_t kh, int64_t kw, int64_t ih, int64_t iw0, int64_t iw1,
@@ -876,7 +925,7 @@ bool grad_input_bf16_dot(const ConvParams& p, const Tensor& grad_output, const T
     if (!cpu::bf16_dot_active()) return false;
     const PairRows gy = bf16_pair_rows(grad_output, p.groups);
     const Tensor w = pack_weight_panels<BFloat16, cpu::kBf16PanelColumns, 2>(weight, p, /*transposed=*/true);
-    grad_input_gemm<scalar_t, float, BFloat16>(p, gy.rows, gy.depth, w.data_ptr<BFloat16>(),
+    grad_input_gemm<scalar_t, float, BFloat16, /*kPairs=*/true>(p, gy.rows, gy.depth, w.data_ptr<BFloat16>(),
                                                grad_input);
     return true;
   }
@@ -896,40 +945,51 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
                                   "atrous_conv_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const bool depthwise = p.in_channels_per_group() == 1;
-    // grad_output as acc_t NHWC, made once and only if a path below reads it
-    // (the bfloat16 dot-product grad_input reads its own pair copy).
-    Tensor gy_acc;
-    auto gy_rows = [&]() -> const Tensor& {
+    // grad_output as NHWC rows, each made once and only if a path below reads
+    // it: in acc_t for the depthwise kernels (and grad_input where
+    // widen_in_gemm says so), in its own dtype for the other GEMM paths and
+    // grad_bias (16-bit rows are widened as they are read; a channels_last
+    // grad_output is used in place). The bfloat16 dot-product grad_input
+    // reads its own pair copy.
+    Tensor gy_acc, gy_own;
+    auto gy_acc_rows = [&]() -> const Tensor& {
       if (!gy_acc.defined()) gy_acc = to_nhwc<acc_t>(grad_output);
       return gy_acc;
+    };
+    auto gy_own_rows = [&]() -> const Tensor& {
+      if (!gy_own.defined()) gy_own = to_nhwc<scalar_t>(grad_output);
+      return gy_own;
     };
     if (output_mask[0] && grad_input.numel() > 0) {
       if (depthwise) {
         const Tensor w = pack_weight_depthwise<acc_t>(weight, p);
-        grad_input_depthwise<scalar_t, acc_t>(p, gy_rows().data_ptr<acc_t>(), w.data_ptr<acc_t>(),
-                                              grad_input);
+        grad_input_depthwise<scalar_t, acc_t>(p, gy_acc_rows().data_ptr<acc_t>(),
+                                              w.data_ptr<acc_t>(), grad_input);
       } else if (!grad_input_bf16_dot<scalar_t>(p, grad_output, weight, grad_input)) {
         const Tensor w = pack_weight_panels<acc_t, panel_width<acc_t>(), 1>(weight, p, /*transposed=*/true);
-        grad_input_gemm<scalar_t, acc_t, acc_t>(p, nhwc_rows<acc_t>(gy_rows(), p.groups),
-                                                p.out_channels_per_group(), w.data_ptr<acc_t>(),
-                                                grad_input);
+        const int64_t depth = p.out_channels_per_group();
+        if (widen_in_gemm<scalar_t, acc_t>(p, p.in_height * p.in_width, p.in_channels_per_group()))
+          grad_input_gemm<scalar_t, acc_t, scalar_t>(p, nhwc_rows<scalar_t>(gy_own_rows(), p.groups),
+                                                     depth, w.data_ptr<acc_t>(), grad_input);
+        else
+          grad_input_gemm<scalar_t, acc_t, acc_t>(p, nhwc_rows<acc_t>(gy_acc_rows(), p.groups),
+                                                  depth, w.data_ptr<acc_t>(), grad_input);
       }
     }
     // grad_weight (GEMM path) and grad_bias read NHWC rows of any dtype and
-    // widen as they copy or sum, so 16-bit tensors are read as they are
-    // (channels_last: in place; otherwise one 16-bit NHWC copy, half the
-    // bytes of a float one), unless grad_input already made the float copy.
+    // widen as they copy or sum; they take the acc_t rows when grad_input
+    // already made them.
     auto for_gy_source = [&](auto&& f) {
-      if (gy_acc.defined() || std::is_same_v<scalar_t, acc_t>)
-        f(gy_rows().template data_ptr<acc_t>());
+      if (gy_acc.defined())
+        f(gy_acc.template data_ptr<acc_t>());
       else
-        f(to_nhwc<scalar_t>(grad_output).template data_ptr<scalar_t>());
+        f(gy_own_rows().template data_ptr<scalar_t>());
     };
     if (output_mask[1]) {
       if (depthwise) {
         const Tensor x = to_nhwc<acc_t>(input);
-        grad_weight_depthwise<scalar_t, acc_t>(p, x.data_ptr<acc_t>(), gy_rows().data_ptr<acc_t>(),
-                                               grad_weight);
+        grad_weight_depthwise<scalar_t, acc_t>(p, x.data_ptr<acc_t>(),
+                                               gy_acc_rows().data_ptr<acc_t>(), grad_weight);
       } else {
         const Tensor x = to_nhwc<scalar_t>(input);
         for_gy_source([&](const auto* gy) {

@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace atrous {
@@ -98,23 +99,64 @@ inline void tail_tile(int rows, const T* const* a_rows, T* const* c_rows, int64_
   }
 }
 
-template <typename T, int VB, int MR>
-inline void gather_gemm_impl(const GatherGemmArgs<T>& args) {
+template <typename T, typename A, int VB, int MR>
+inline void gather_gemm_impl(const GatherGemmArgs<T, A>& args) {
   const int64_t width = panel_width<T>();
   const int64_t block = depth_block(args.panels);
+  // 16-bit A: the block's rows widened to T, kc apart, and pointers to them.
+  constexpr bool kWiden = !std::is_same_v<A, T>;
+  thread_local std::vector<T> widened;
+  thread_local std::vector<const T*> widened_rows;
+  if constexpr (kWiden) {
+    widened.resize(kRowBlock * block);
+    widened_rows.resize(kRowBlock);
+  }
   for (int64_t k0 = 0; k0 < args.depth; k0 += block) {
     const int64_t kc = args.depth - k0 < block ? args.depth - k0 : block;
     for (int64_t m0 = 0; m0 < args.rows; m0 += kRowBlock) {
       const int64_t m1 = args.rows - m0 < kRowBlock ? args.rows : m0 + kRowBlock;
       const int64_t full_end = m1 - (m1 - m0) % MR;
+      // The block's A rows from row m0 on, as the micro-tiles index them
+      // (rows[i] + k): the caller's rows, or the widened copies with k
+      // counted from k0.
+      const T* const* a_block;
+      int64_t a_k0;
+      if constexpr (kWiden) {
+        for (int64_t m = m0; m < m1; ++m) {
+          T* dst = widened.data() + (m - m0) * kc;
+          widen_to_float(args.a_rows[m] + k0, dst, kc);
+          widened_rows[m - m0] = dst;
+        }
+        a_block = widened_rows.data();
+        a_k0 = 0;
+      } else {
+        a_block = args.a_rows + m0;
+        a_k0 = k0;
+      }
+      // 16-bit A: the next block's rows are prefetched a slice per panel, so
+      // the widening of that block does not wait on memory.
+      int64_t next_m0 = m0 + kRowBlock, next_k0 = k0;
+      if (next_m0 >= args.rows) next_m0 = 0, next_k0 = k0 + block;
+      const int64_t next_m1 = args.rows - next_m0 < kRowBlock ? args.rows : next_m0 + kRowBlock;
+      const int64_t next_kc = args.depth - next_k0 < block ? args.depth - next_k0 : block;
+      const bool prefetch = kWiden && next_k0 < args.depth;
       for (int64_t p = 0; p < args.panels; ++p) {
+        if (prefetch) {
+          const int64_t r0 = next_m0 + (next_m1 - next_m0) * p / args.panels;
+          const int64_t r1 = next_m0 + (next_m1 - next_m0) * (p + 1) / args.panels;
+          for (int64_t r = r0; r < r1; ++r) {
+            const char* row = reinterpret_cast<const char*>(args.a_rows[r] + next_k0);
+            const int64_t bytes = next_kc * static_cast<int64_t>(sizeof(A));
+            for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
+          }
+        }
         const T* b = args.b_panels + (p * args.depth + k0) * width;
         const int64_t col = p * width;
         for (int64_t m = m0; m < full_end; m += MR)
-          micro_tile<T, VB, MR>(args.a_rows + m, args.c_rows + m, col, b, k0, kc);
+          micro_tile<T, VB, MR>(a_block + (m - m0), args.c_rows + m, col, b, a_k0, kc);
         if (full_end < m1)
-          tail_tile<T, VB, MR>(static_cast<int>(m1 - full_end), args.a_rows + full_end,
-                               args.c_rows + full_end, col, b, k0, kc);
+          tail_tile<T, VB, MR>(static_cast<int>(m1 - full_end), a_block + (full_end - m0),
+                               args.c_rows + full_end, col, b, a_k0, kc);
       }
     }
   }
@@ -214,9 +256,17 @@ constexpr int kBf16TileRows = 8;
 // One entry point per instruction set and argument type; `flatten` inlines
 // the generic templates into it, compiled for that instruction set.
 #define ATROUS_ISA_ENTRY_POINTS(isa, attributes, VB, MR, OUTER_MR, OUTER_NP)                     \
-  attributes void run_##isa(const GatherGemmArgs<float>& a) { gather_gemm_impl<float, VB, MR>(a); } \
+  attributes void run_##isa(const GatherGemmArgs<float>& a) {                                      \
+    gather_gemm_impl<float, float, VB, MR>(a);                                                    \
+  }                                                                                               \
   attributes void run_##isa(const GatherGemmArgs<double>& a) {                                     \
-    gather_gemm_impl<double, VB, MR>(a);                                                          \
+    gather_gemm_impl<double, double, VB, MR>(a);                                                  \
+  }                                                                                               \
+  attributes void run_##isa(const GatherGemmArgs<float, c10::Half>& a) {                           \
+    gather_gemm_impl<float, c10::Half, VB, MR>(a);                                                \
+  }                                                                                               \
+  attributes void run_##isa(const GatherGemmArgs<float, c10::BFloat16>& a) {                       \
+    gather_gemm_impl<float, c10::BFloat16, VB, MR>(a);                                            \
   }                                                                                               \
   attributes void run_##isa(const OuterGemmArgs<float>& a) {                                       \
     outer_gemm_impl<float, VB, OUTER_MR, OUTER_NP>(a);                                            \
@@ -484,6 +534,12 @@ void gather_gemm(const GatherGemmArgs<float>& args) {
   if (args.rows > 0 && args.depth > 0 && args.panels > 0) run(args);
 }
 void gather_gemm(const GatherGemmArgs<double>& args) {
+  if (args.rows > 0 && args.depth > 0 && args.panels > 0) run(args);
+}
+void gather_gemm(const GatherGemmArgs<float, c10::Half>& args) {
+  if (args.rows > 0 && args.depth > 0 && args.panels > 0) run(args);
+}
+void gather_gemm(const GatherGemmArgs<float, c10::BFloat16>& args) {
   if (args.rows > 0 && args.depth > 0 && args.panels > 0) run(args);
 }
 void widen_to_float(const c10::Half* src, float* dst, int64_t n) {

@@ -30,18 +30,25 @@ inline int64_t panels_for(int64_t columns) {
   return (columns + panel_width<T>() - 1) / panel_width<T>();
 }
 
-template <typename T>
+//
+// A may be 16-bit (A = Half or BFloat16, T = float): each cache block of A
+// (row block x depth block) is then widened once into float scratch that
+// every panel reads (the next block's rows are prefetched meanwhile), so a
+// 16-bit operand needs no float copy of its own.
+template <typename T, typename A = T>
 struct GatherGemmArgs {
   int64_t rows;            // M
   int64_t depth;           // K
   int64_t panels;          // N / panel_width, N padded up
-  const T* const* a_rows;  // rows pointers to depth contiguous values
+  const A* const* a_rows;  // rows pointers to depth contiguous values
   T* const* c_rows;        // rows pointers to panels*panel_width contiguous values
   const T* b_panels;       // [panels][depth][panel_width]
 };
 
 void gather_gemm(const GatherGemmArgs<float>& args);
 void gather_gemm(const GatherGemmArgs<double>& args);
+void gather_gemm(const GatherGemmArgs<float, c10::Half>& args);
+void gather_gemm(const GatherGemmArgs<float, c10::BFloat16>& args);
 
 // The same GEMM on bfloat16 A and B with float32 C, on AVX512_BF16 dot
 // products (vdpbf16ps): each instruction multiplies two consecutive k of a
