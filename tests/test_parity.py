@@ -73,6 +73,8 @@ CASES_2D = [
     Case("grad_weight_segments", (2, 7, 64, 70), (9, 7, 3, 3), dict(padding=(3, 5), dilation=(3, 5))),
     Case("grad_weight_segments_groups", (1, 12, 70, 64), (18, 4, 3, 3), dict(padding=2, dilation=2, groups=3)),
     Case("depthwise_many_pixels", (2, 3, 12, 11), (6, 1, 3, 3), dict(padding=3, dilation=3, groups=3)),
+    # 37 channels: whole vectors and a tail in the depthwise row updates (16 and 8 lanes)
+    Case("depthwise_vector_rows", (2, 37, 9, 8), (37, 1, 3, 3), dict(padding=(2, 3), dilation=(2, 3), groups=37)),
 ]
 
 
@@ -268,7 +270,7 @@ def test_half_precision_wide_gemm(dtype, isa, layout, restore_cpu_isa):
 ISA_CASES = cases(
     "stride1_pad1", "stride_unequal_1x2", "padding_same_strided", "padding_asymmetric", "groups2", "depthwise",
     "depthwise_multiplier2", "many_pixel_tiles", "many_channels", "many_channels_groups2", "deep_gemm",
-    "wide_gemm_column_blocks",
+    "wide_gemm_column_blocks", "depthwise_vector_rows",
 )
 
 
@@ -284,10 +286,13 @@ CPU_ISAS = ["avx512_bf16", "avx512", "avx2", "baseline"]
 
 
 @pytest.mark.parametrize("isa", CPU_ISAS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["float64", "float32", "bfloat16"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=["float64", "float32", "bfloat16", "float16"]
+)
 def test_every_cpu_isa_matches_torch(isa, dtype, restore_cpu_isa):
-    """bfloat16 takes the AVX512_BF16 dot-product GEMM on avx512_bf16 and a
-    float32 copy on the others; the reference sees the rounded inputs in float64."""
+    """bfloat16 takes the AVX512_BF16 dot-product GEMM on avx512_bf16 and
+    float rows on the others; 16-bit depthwise rows are widened in registers
+    (AVX-512, F16C or plain C++). The reference sees the rounded inputs in float64."""
     available = atrous_cuda.build_info()["cpu_isas_available"].split(",")
     if isa not in available:
         pytest.skip(f"this CPU does not support {isa} (available: {available})")

@@ -443,10 +443,31 @@ void forward_gemm(const ConvParams& p, const NhwcRows<a_t>& x, int64_t depth,
       });
 }
 
-// One input channel per group: out channel c reads input channel c / mult.
-// The tile covers every channel, and the channel loop vectorizes.
+// dst[c] += a[c] * b[c] for c < n in acc_t: cpu::row_fma on the active
+// instruction set for float accumulators (16-bit rows widened in registers),
+// a plain loop for double.
+template <typename acc_t, typename A, typename B>
+inline void depthwise_row(acc_t* dst, const A* a, const B* b, int64_t n) {
+  if constexpr (std::is_same_v<acc_t, double>) {
+    for (int64_t c = 0; c < n; ++c) dst[c] += a[c] * b[c];
+  } else {
+    cpu::row_fma(dst, a, b, n);
+  }
+}
+
+// Whether the depthwise kernels read 16-bit rows as they are: with a channel
+// multiplier of 1, where each row update is one depthwise_row; otherwise
+// (and for float/double, where it is the same thing) they read acc_t copies.
 template <typename scalar_t, typename acc_t>
-void forward_depthwise(const ConvParams& p, const acc_t* x, const acc_t* w_tap_major,
+bool depthwise_reads_16bit(const ConvParams& p) {
+  return !std::is_same_v<scalar_t, acc_t> && p.out_channels_per_group() == 1;
+}
+
+// One input channel per group: out channel c reads input channel c / mult.
+// The tile covers every channel, and the channel loop vectorizes. x rows are
+// acc_t, or 16-bit with mult == 1 (depthwise_reads_16bit).
+template <typename scalar_t, typename acc_t, typename x_t>
+void forward_depthwise(const ConvParams& p, const x_t* x, const acc_t* w_tap_major,
                        const acc_t* bias, Tensor& out) {
   const int64_t cout = p.out_channels, cin = p.in_channels, mult = p.out_channels_per_group();
   const int64_t pixels = p.out_height * p.out_width;
@@ -475,12 +496,12 @@ void forward_depthwise(const ConvParams& p, const acc_t* x, const acc_t* w_tap_m
             const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
             for (int64_t ow = std::max(ow0, ow_valid.begin); ow < std::min(ow1, ow_valid.end); ++ow) {
               const int64_t iw = input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w);
-              const acc_t* src = x + ((n * p.in_height + ih) * p.in_width + iw) * cin;
+              const x_t* src = x + ((n * p.in_height + ih) * p.in_width + iw) * cin;
               acc_t* dst = acc.data() + (local + ow - ow0) * cout;
               if (mult == 1) {
-                for (int64_t c = 0; c < cout; ++c) dst[c] += src[c] * w[c];
+                depthwise_row(dst, src, w, cout);
               } else {
-                for (int64_t c = 0; c < cout; ++c) dst[c] += src[c / mult] * w[c];
+                for (int64_t c = 0; c < cout; ++c) dst[c] += static_cast<acc_t>(src[c / mult]) * w[c];
               }
             }
           });
@@ -534,10 +555,16 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
       bias_acc = bias->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* bias_ptr = bias_acc.defined() ? bias_acc.data_ptr<acc_t>() : nullptr;
     if (p.in_channels_per_group() == 1) {
-      const Tensor x = to_nhwc<acc_t>(input);
       const Tensor w = pack_weight_depthwise<acc_t>(weight, p);
-      forward_depthwise<scalar_t, acc_t>(p, x.data_ptr<acc_t>(), w.data_ptr<acc_t>(), bias_ptr,
-                                         out);
+      if (depthwise_reads_16bit<scalar_t, acc_t>(p)) {
+        const Tensor x = to_nhwc<scalar_t>(input);  // channels_last: in place
+        forward_depthwise<scalar_t, acc_t, scalar_t>(p, x.data_ptr<scalar_t>(), w.data_ptr<acc_t>(),
+                                                     bias_ptr, out);
+      } else {
+        const Tensor x = to_nhwc<acc_t>(input);
+        forward_depthwise<scalar_t, acc_t, acc_t>(p, x.data_ptr<acc_t>(), w.data_ptr<acc_t>(),
+                                                  bias_ptr, out);
+      }
     } else if (!forward_bf16_dot<scalar_t>(p, input, weight, bias_ptr, out)) {
       const Tensor w = pack_weight_panels<acc_t, panel_width<acc_t>(), 1>(weight, p, /*transposed=*/false);
       const int64_t depth = p.in_channels_per_group();
@@ -590,8 +617,8 @@ void grad_input_gemm(const ConvParams& p, const NhwcRows<a_t>& gy, int64_t depth
 }
 
 // Depthwise: grad_x[.., c] = sum_tap sum_{j < mult} grad_y[.., c*mult + j] * w[c*mult + j, tap].
-template <typename scalar_t, typename acc_t>
-void grad_input_depthwise(const ConvParams& p, const acc_t* gy, const acc_t* w_tap_major,
+template <typename scalar_t, typename acc_t, typename gy_t>
+void grad_input_depthwise(const ConvParams& p, const gy_t* gy, const acc_t* w_tap_major,
                           Tensor& grad_input) {
   const int64_t cout = p.out_channels, cin = p.in_channels, mult = p.out_channels_per_group();
   const int64_t pixels = p.in_height * p.in_width;
@@ -618,14 +645,15 @@ void grad_input_depthwise(const ConvParams& p, const acc_t* gy, const acc_t* w_t
               const int64_t ow = output_index_for_input(iw, p.out_width, kw, p.stride_w,
                                                         p.pad_left, p.dilation_w);
               if (ow < 0) continue;
-              const acc_t* src = gy + ((n * p.out_height + oh) * p.out_width + ow) * cout;
+              const gy_t* src = gy + ((n * p.out_height + oh) * p.out_width + ow) * cout;
               acc_t* dst = acc.data() + (local + iw - iw0) * cin;
               if (mult == 1) {
-                for (int64_t c = 0; c < cin; ++c) dst[c] += src[c] * w[c];
+                depthwise_row(dst, src, w, cin);
               } else {
                 for (int64_t c = 0; c < cin; ++c) {
                   acc_t sum = 0;
-                  for (int64_t j = 0; j < mult; ++j) sum += src[c * mult + j] * w[c * mult + j];
+                  for (int64_t j = 0; j < mult; ++j)
+                    sum += static_cast<acc_t>(src[c * mult + j]) * w[c * mult + j];
                   dst[c] += sum;
                 }
               }
@@ -908,8 +936,8 @@ void grad_weight_gemm(const ConvParams& p, const x_t* x, const gy_t* gy, Tensor&
 }
 
 // Depthwise: grad_w[c, 0, tap] = sum_{valid pixels} grad_y[.., c] * x[.., c / mult].
-template <typename scalar_t, typename acc_t>
-void grad_weight_depthwise(const ConvParams& p, const acc_t* x, const acc_t* gy,
+template <typename scalar_t, typename acc_t, typename in_t>
+void grad_weight_depthwise(const ConvParams& p, const in_t* x, const in_t* gy,
                            Tensor& grad_weight) {
   const int64_t cout = p.out_channels, cin = p.in_channels, mult = p.out_channels_per_group();
   const int64_t blocks = (cout + kChannelBlock - 1) / kChannelBlock;
@@ -924,12 +952,13 @@ void grad_weight_depthwise(const ConvParams& p, const acc_t* x, const acc_t* gy,
       const int64_t c0 = block * kChannelBlock, c1 = std::min(cout, c0 + kChannelBlock);
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for_each_valid_pixel(p, kh, kw, [&](int64_t n, int64_t oh, int64_t ow, int64_t ih, int64_t iw) {
-        const acc_t* g_px = gy + ((n * p.out_height + oh) * p.out_width + ow) * cout;
-        const acc_t* x_px = x + ((n * p.in_height + ih) * p.in_width + iw) * cin;
+        const in_t* g_px = gy + ((n * p.out_height + oh) * p.out_width + ow) * cout;
+        const in_t* x_px = x + ((n * p.in_height + ih) * p.in_width + iw) * cin;
         if (mult == 1) {
-          for (int64_t c = c0; c < c1; ++c) acc[c - c0] += g_px[c] * x_px[c];
+          depthwise_row(acc.data(), g_px + c0, x_px + c0, c1 - c0);
         } else {
-          for (int64_t c = c0; c < c1; ++c) acc[c - c0] += g_px[c] * x_px[c / mult];
+          for (int64_t c = c0; c < c1; ++c)
+            acc[c - c0] += static_cast<acc_t>(g_px[c]) * static_cast<acc_t>(x_px[c / mult]);
         }
       });
       for (int64_t c = c0; c < c1; ++c)
@@ -998,9 +1027,9 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
     using acc_t = at::opmath_type<scalar_t>;
     const bool depthwise = p.in_channels_per_group() == 1;
     // grad_output as NHWC rows, each made once and only if a path below reads
-    // it: in acc_t for the depthwise kernels (and grad_input where
-    // widen_in_gemm says so), in its own dtype for the other GEMM paths and
-    // grad_bias (16-bit rows are widened as they are read; a channels_last
+    // it: in acc_t where the depthwise kernels (depthwise_reads_16bit) or
+    // grad_input (widen_in_gemm) want float rows, in its own dtype for the
+    // other paths and grad_bias (16-bit rows are widened as they are read; a channels_last
     // grad_output is used in place). The bfloat16 dot-product grad_input
     // reads its own pair copy.
     Tensor gy_acc, gy_own;
@@ -1015,8 +1044,12 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
     if (output_mask[0] && grad_input.numel() > 0) {
       if (depthwise) {
         const Tensor w = pack_weight_depthwise<acc_t>(weight, p);
-        grad_input_depthwise<scalar_t, acc_t>(p, gy_acc_rows().data_ptr<acc_t>(),
-                                              w.data_ptr<acc_t>(), grad_input);
+        if (depthwise_reads_16bit<scalar_t, acc_t>(p))
+          grad_input_depthwise<scalar_t, acc_t>(p, gy_own_rows().data_ptr<scalar_t>(),
+                                                w.data_ptr<acc_t>(), grad_input);
+        else
+          grad_input_depthwise<scalar_t, acc_t>(p, gy_acc_rows().data_ptr<acc_t>(),
+                                                w.data_ptr<acc_t>(), grad_input);
       } else if (!grad_input_bf16_dot<scalar_t>(p, grad_output, weight, grad_input)) {
         const Tensor w = pack_weight_panels<acc_t, panel_width<acc_t>(), 1>(weight, p, /*transposed=*/true);
         const int64_t depth = p.out_channels_per_group();
@@ -1039,9 +1072,15 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
     };
     if (output_mask[1]) {
       if (depthwise) {
-        const Tensor x = to_nhwc<acc_t>(input);
-        grad_weight_depthwise<scalar_t, acc_t>(p, x.data_ptr<acc_t>(),
-                                               gy_acc_rows().data_ptr<acc_t>(), grad_weight);
+        if (depthwise_reads_16bit<scalar_t, acc_t>(p)) {
+          const Tensor x = to_nhwc<scalar_t>(input);
+          grad_weight_depthwise<scalar_t, acc_t>(p, x.data_ptr<scalar_t>(),
+                                                 gy_own_rows().data_ptr<scalar_t>(), grad_weight);
+        } else {
+          const Tensor x = to_nhwc<acc_t>(input);
+          grad_weight_depthwise<scalar_t, acc_t>(p, x.data_ptr<acc_t>(),
+                                                 gy_acc_rows().data_ptr<acc_t>(), grad_weight);
+        }
       } else {
         const Tensor x = to_nhwc<scalar_t>(input);
         for_gy_source([&](const auto* gy) {

@@ -117,6 +117,16 @@ struct OuterGemmBf16Args {
 
 void outer_gemm(const OuterGemmBf16Args& args);
 
+// dst[i] += float(a[i]) * float(b[i]) for i < n: the row update of the
+// depthwise kernels on the active instruction set (the kernels' own file is
+// built for the baseline), with 16-bit operands widened in registers (AVX-512
+// or F16C where the CPU has them) instead of copied to float first.
+void row_fma(float* dst, const float* a, const float* b, int64_t n);
+void row_fma(float* dst, const c10::Half* a, const float* b, int64_t n);
+void row_fma(float* dst, const c10::BFloat16* a, const float* b, int64_t n);
+void row_fma(float* dst, const c10::Half* a, const c10::Half* b, int64_t n);
+void row_fma(float* dst, const c10::BFloat16* a, const c10::BFloat16* b, int64_t n);
+
 // dst[i] = float(src[i]) for i < n: F16C's 8-wide conversion for float16
 // where the CPU has it (plain C++ converts float16 in software, one value at
 // a time), a vectorizable shift for bfloat16.
