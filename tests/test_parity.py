@@ -75,6 +75,8 @@ CASES_2D = [
     Case("depthwise_many_pixels", (2, 3, 12, 11), (6, 1, 3, 3), dict(padding=3, dilation=3, groups=3)),
     # 37 channels: whole vectors and a tail in the depthwise row updates (16 and 8 lanes)
     Case("depthwise_vector_rows", (2, 37, 9, 8), (37, 1, 3, 3), dict(padding=(2, 3), dilation=(2, 3), groups=37)),
+    # rows of 37-41 pixels: whole vectors and a tail in the NCHW plane rows (axpy and dot)
+    Case("depthwise_long_rows", (2, 5, 7, 41), (10, 1, 3, 3), dict(padding=(1, 4), dilation=(1, 2), groups=5)),
 ]
 
 
@@ -270,7 +272,7 @@ def test_half_precision_wide_gemm(dtype, isa, layout, restore_cpu_isa):
 ISA_CASES = cases(
     "stride1_pad1", "stride_unequal_1x2", "padding_same_strided", "padding_asymmetric", "groups2", "depthwise",
     "depthwise_multiplier2", "many_pixel_tiles", "many_channels", "many_channels_groups2", "deep_gemm",
-    "wide_gemm_column_blocks", "depthwise_vector_rows",
+    "wide_gemm_column_blocks", "depthwise_vector_rows", "depthwise_long_rows",
 )
 
 

@@ -407,6 +407,182 @@ void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64
   });
 }
 
+// ------------------------------------------------ depthwise on NCHW planes --
+//
+// In NCHW every channel is a plane of its own, and a depthwise conv maps
+// planes to planes: for tap (kh, kw) the valid outputs are a rectangle
+// (valid_out_range) and each of its rows reads one input row, advancing
+// `stride` input columns per output column:
+//   out[n][co][oh][ow0 + i] += w[co][tap] * x[n][co / mult][ih(oh)][iw(ow0) + i * stride_w]
+// so per tap the forward and grad_input add a scaled rectangle of one plane
+// to another (axpy) and grad_weight sums a rectangle's products, reading and
+// writing the planes in place with no NHWC copies (with stride 1 and
+// contiguous rows, on the active ISA: cpu::rect_axpy / cpu::rect_dot). float
+// and double; 16-bit NCHW tensors take the NHWC path.
+
+// dst[r * dst_ld + i * dst_step] += a * src[r * src_ld + i * src_step],
+// r < rows, i < cols.
+template <typename T>
+void rect_axpy(T* dst, int64_t dst_ld, int64_t dst_step, const T* src, int64_t src_ld,
+               int64_t src_step, T a, int64_t rows, int64_t cols) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (dst_step == 1 && src_step == 1) return cpu::rect_axpy(dst, dst_ld, src, src_ld, a, rows, cols);
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < cols; ++i) dst[r * dst_ld + i * dst_step] += a * src[r * src_ld + i * src_step];
+}
+
+// sum over r < rows, i < cols of a[r * a_ld + i * a_step] * b[r * b_ld + i * b_step],
+// in a fixed order.
+template <typename T>
+T rect_dot(const T* a, int64_t a_ld, int64_t a_step, const T* b, int64_t b_ld, int64_t b_step,
+           int64_t rows, int64_t cols) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (a_step == 1 && b_step == 1) return cpu::rect_dot(a, a_ld, b, b_ld, rows, cols);
+  }
+  T sum = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < cols; ++i) sum += a[r * a_ld + i * a_step] * b[r * b_ld + i * b_step];
+  return sum;
+}
+
+// The valid rectangle of tap (kh, kw) and the first input row and column it
+// reads.
+struct TapRect {
+  IndexRange oh, ow;
+  int64_t kh, kw, ih_begin, iw_begin;
+};
+
+TapRect tap_rect(const ConvParams& p, int64_t tap) {
+  TapRect r;
+  r.kh = tap / p.kernel_width;
+  r.kw = tap % p.kernel_width;
+  r.oh = valid_out_range(p.in_height, p.out_height, r.kh, p.stride_h, p.pad_top, p.dilation_h);
+  r.ow = valid_out_range(p.in_width, p.out_width, r.kw, p.stride_w, p.pad_left, p.dilation_w);
+  r.ih_begin = input_index(r.oh.begin, r.kh, p.stride_h, p.pad_top, p.dilation_h);
+  r.iw_begin = input_index(r.ow.begin, r.kw, p.stride_w, p.pad_left, p.dilation_w);
+  return r;
+}
+
+// Stores a finished plane (rows x cols, contiguous) through strides.
+template <typename T>
+void store_plane(T* dst, int64_t row_stride, int64_t col_stride, const T* plane, int64_t rows,
+                 int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    if (col_stride == 1)
+      std::copy(plane + r * cols, plane + (r + 1) * cols, dst + r * row_stride);
+    else
+      for (int64_t c = 0; c < cols; ++c) dst[r * row_stride + c * col_stride] = plane[r * cols + c];
+  }
+}
+
+// Each kernel is instantiated for every dtype of the dispatch but runs only
+// for float and double (depthwise_on_planes).
+template <typename T, typename acc_t>
+void forward_depthwise_planes(const ConvParams& p, const Tensor& input, const Tensor& weight,
+                              const acc_t* bias, Tensor& out) {
+  if constexpr (!std::is_same_v<T, acc_t>) {
+    TORCH_INTERNAL_ASSERT(false, "depthwise planes: float and double only");
+  } else {
+    const Tensor w_contiguous = weight.contiguous();  // [Cout][taps]
+    const T* w = w_contiguous.data_ptr<T>();
+    const int64_t mult = p.out_channels_per_group(), taps = p.taps();
+    const int64_t oh_n = p.out_height, ow_n = p.out_width;
+    const Strides4 xs(input), os(out);
+    const T* x = input.data_ptr<T>();
+    T* out_data = out.data_ptr<T>();
+    at::parallel_for(0, p.batch * p.out_channels, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> plane(oh_n * ow_n);
+      for (int64_t unit = begin; unit < end; ++unit) {
+        const int64_t n = unit / p.out_channels, co = unit % p.out_channels;
+        std::fill(plane.begin(), plane.end(), bias ? bias[co] : T(0));
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          const TapRect r = tap_rect(p, tap);
+          if (r.oh.size() == 0 || r.ow.size() == 0) continue;
+          rect_axpy(plane.data() + r.oh.begin * ow_n + r.ow.begin, ow_n, 1,
+                    x + xs.offset(n, co / mult, r.ih_begin, r.iw_begin), p.stride_h * xs.h,
+                    p.stride_w * xs.w, w[co * taps + tap], r.oh.size(), r.ow.size());
+        }
+        store_plane(out_data + os.offset(n, co, 0, 0), os.h, os.w, plane.data(), oh_n, ow_n);
+      }
+    });
+  }
+}
+
+// grad_x[n][ci] = sum_{j < mult} sum_tap w[ci*mult + j][tap] * grad_y[n][ci*mult + j]
+// scattered back through the tap: the forward's row additions with the roles
+// of the planes swapped.
+template <typename T>
+void grad_input_depthwise_planes(const ConvParams& p, const Tensor& grad_output,
+                                 const Tensor& weight, Tensor& grad_input) {
+  if constexpr (!std::is_same_v<T, float> && !std::is_same_v<T, double>) {
+    TORCH_INTERNAL_ASSERT(false, "depthwise planes: float and double only");
+  } else {
+    const Tensor w_contiguous = weight.contiguous();  // [Cout][taps]
+    const T* w = w_contiguous.data_ptr<T>();
+    const int64_t mult = p.out_channels_per_group(), taps = p.taps();
+    const int64_t ih_n = p.in_height, iw_n = p.in_width;
+    const Strides4 gs(grad_output), xs(grad_input);
+    const T* gy = grad_output.data_ptr<T>();
+    T* gi_data = grad_input.data_ptr<T>();
+    at::parallel_for(0, p.batch * p.in_channels, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> plane(ih_n * iw_n);
+      for (int64_t unit = begin; unit < end; ++unit) {
+        const int64_t n = unit / p.in_channels, ci = unit % p.in_channels;
+        std::fill(plane.begin(), plane.end(), T(0));
+        for (int64_t j = 0; j < mult; ++j) {
+          const int64_t co = ci * mult + j;
+          for (int64_t tap = 0; tap < taps; ++tap) {
+            const TapRect r = tap_rect(p, tap);
+            if (r.oh.size() == 0 || r.ow.size() == 0) continue;
+            rect_axpy(plane.data() + r.ih_begin * iw_n + r.iw_begin, p.stride_h * iw_n, p.stride_w,
+                      gy + gs.offset(n, co, r.oh.begin, r.ow.begin), gs.h, gs.w, w[co * taps + tap],
+                      r.oh.size(), r.ow.size());
+          }
+        }
+        store_plane(gi_data + xs.offset(n, ci, 0, 0), xs.h, xs.w, plane.data(), ih_n, iw_n);
+      }
+    });
+  }
+}
+
+// grad_w[co][tap] = sum_n (sum of grad_y x x over the tap's rectangle in
+// image n), summed in image order.
+template <typename T>
+void grad_weight_depthwise_planes(const ConvParams& p, const Tensor& input,
+                                  const Tensor& grad_output, Tensor& grad_weight) {
+  if constexpr (!std::is_same_v<T, float> && !std::is_same_v<T, double>) {
+    TORCH_INTERNAL_ASSERT(false, "depthwise planes: float and double only");
+  } else {
+    const int64_t mult = p.out_channels_per_group(), taps = p.taps();
+    const Strides4 xs(input), gs(grad_output), ws(grad_weight);
+    const T* x = input.data_ptr<T>();
+    const T* gy = grad_output.data_ptr<T>();
+    T* gw_data = grad_weight.data_ptr<T>();
+    at::parallel_for(0, p.out_channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t co = begin; co < end; ++co) {
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          const TapRect r = tap_rect(p, tap);
+          T sum = 0;
+          if (r.oh.size() > 0 && r.ow.size() > 0)
+            for (int64_t n = 0; n < p.batch; ++n)
+              sum += rect_dot(gy + gs.offset(n, co, r.oh.begin, r.ow.begin), gs.h, gs.w,
+                              x + xs.offset(n, co / mult, r.ih_begin, r.iw_begin), p.stride_h * xs.h,
+                              p.stride_w * xs.w, r.oh.size(), r.ow.size());
+          gw_data[ws.offset(co, 0, r.kh, r.kw)] = sum;
+        }
+      }
+    });
+  }
+}
+
+// NCHW-like float/double tensors take the plane kernels.
+template <typename scalar_t>
+bool depthwise_on_planes(const Tensor& input) {
+  return (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) &&
+         !input.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 // ---------------------------------------------------------------- forward --
 
 // out[n, g*Cog + co, oh, ow] = bias[co] + sum_{tap, ci} x[n, ih, iw, g*Cig + ci] * w[co, ci, tap]
@@ -554,7 +730,9 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
     if (bias.has_value() && bias->defined())
       bias_acc = bias->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* bias_ptr = bias_acc.defined() ? bias_acc.data_ptr<acc_t>() : nullptr;
-    if (p.in_channels_per_group() == 1) {
+    if (p.in_channels_per_group() == 1 && depthwise_on_planes<scalar_t>(input)) {
+      forward_depthwise_planes<scalar_t, acc_t>(p, input, weight, bias_ptr, out);
+    } else if (p.in_channels_per_group() == 1) {
       const Tensor w = pack_weight_depthwise<acc_t>(weight, p);
       if (depthwise_reads_16bit<scalar_t, acc_t>(p)) {
         const Tensor x = to_nhwc<scalar_t>(input);  // channels_last: in place
@@ -1041,8 +1219,11 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
       if (!gy_own.defined()) gy_own = to_nhwc<scalar_t>(grad_output);
       return gy_own;
     };
+    const bool planes = depthwise && depthwise_on_planes<scalar_t>(input);
     if (output_mask[0] && grad_input.numel() > 0) {
-      if (depthwise) {
+      if (planes) {
+        grad_input_depthwise_planes<scalar_t>(p, grad_output, weight, grad_input);
+      } else if (depthwise) {
         const Tensor w = pack_weight_depthwise<acc_t>(weight, p);
         if (depthwise_reads_16bit<scalar_t, acc_t>(p))
           grad_input_depthwise<scalar_t, acc_t>(p, gy_own_rows().data_ptr<scalar_t>(),
@@ -1071,7 +1252,9 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
         f(gy_own_rows().template data_ptr<scalar_t>());
     };
     if (output_mask[1]) {
-      if (depthwise) {
+      if (planes) {
+        grad_weight_depthwise_planes<scalar_t>(p, input, grad_output, grad_weight);
+      } else if (depthwise) {
         if (depthwise_reads_16bit<scalar_t, acc_t>(p)) {
           const Tensor x = to_nhwc<scalar_t>(input);
           grad_weight_depthwise<scalar_t, acc_t>(p, x.data_ptr<scalar_t>(),

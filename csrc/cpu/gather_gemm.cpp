@@ -466,6 +466,42 @@ ATROUS_ROW_AVX512 void row_fma_avx512(float* dst, const A* a, const B* b, int64_
                                               _mm512_loadu_ps(dst + i)));
   for (; i < n; ++i) dst[i] += static_cast<float>(a[i]) * static_cast<float>(b[i]);
 }
+// Row tails by masked loads and stores, so a rectangle is one loop.
+ATROUS_ROW_AVX512 void rect_axpy_avx512(float* dst, int64_t dst_ld, const float* src,
+                                        int64_t src_ld, float a, int64_t rows, int64_t cols) {
+  const __m512 av = _mm512_set1_ps(a);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* d = dst + r * dst_ld;
+    const float* x = src + r * src_ld;
+    int64_t i = 0;
+    for (; i + 16 <= cols; i += 16)
+      _mm512_storeu_ps(d + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(d + i)));
+    if (i + 8 <= cols) {
+      _mm256_storeu_ps(d + i, _mm256_fmadd_ps(_mm512_castps512_ps256(av), _mm256_loadu_ps(x + i),
+                                              _mm256_loadu_ps(d + i)));
+      i += 8;
+    }
+    for (; i < cols; ++i) d[i] += a * x[i];
+  }
+}
+ATROUS_ROW_AVX512 float rect_dot_avx512(const float* a, int64_t a_ld, const float* b, int64_t b_ld,
+                                        int64_t rows, int64_t cols) {
+  const __mmask16 tail = static_cast<__mmask16>((1u << (cols % 16)) - 1);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = a + r * a_ld;
+    const float* y = b + r * b_ld;
+    int64_t i = 0;
+    for (; i + 16 <= cols; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), acc);
+    if (tail)
+      acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x + i), _mm512_maskz_loadu_ps(tail, y + i), acc);
+  }
+  float lanes[16];
+  _mm512_storeu_ps(lanes, acc);
+  float sum = 0.f;
+  for (float lane : lanes) sum += lane;
+  return sum;
+}
 #undef ATROUS_ROW_AVX512
 #pragma GCC diagnostic pop
 
@@ -485,6 +521,35 @@ ATROUS_ROW_AVX2 void row_fma_avx2(float* dst, const A* a, const B* b, int64_t n)
     _mm256_storeu_ps(dst + i, _mm256_fmadd_ps(load8_avx2(a + i), load8_avx2(b + i),
                                               _mm256_loadu_ps(dst + i)));
   for (; i < n; ++i) dst[i] += static_cast<float>(a[i]) * static_cast<float>(b[i]);
+}
+ATROUS_ROW_AVX2 void rect_axpy_avx2(float* dst, int64_t dst_ld, const float* src, int64_t src_ld,
+                                    float a, int64_t rows, int64_t cols) {
+  const __m256 av = _mm256_set1_ps(a);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* d = dst + r * dst_ld;
+    const float* x = src + r * src_ld;
+    int64_t i = 0;
+    for (; i + 8 <= cols; i += 8)
+      _mm256_storeu_ps(d + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(d + i)));
+    for (; i < cols; ++i) d[i] += a * x[i];
+  }
+}
+ATROUS_ROW_AVX2 float rect_dot_avx2(const float* a, int64_t a_ld, const float* b, int64_t b_ld,
+                                    int64_t rows, int64_t cols) {
+  __m256 acc = _mm256_setzero_ps();
+  float tail_sum = 0.f;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = a + r * a_ld;
+    const float* y = b + r * b_ld;
+    int64_t i = 0;
+    for (; i + 8 <= cols; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc);
+    for (; i < cols; ++i) tail_sum += x[i] * y[i];
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, acc);
+  float sum = 0.f;
+  for (float lane : lanes) sum += lane;
+  return sum + tail_sum;
 }
 #undef ATROUS_ROW_AVX2
 
@@ -633,6 +698,41 @@ void row_fma(float* dst, const c10::BFloat16* a, const float* b, int64_t n) { ro
 void row_fma(float* dst, const c10::Half* a, const c10::Half* b, int64_t n) { row_fma_dispatch(dst, a, b, n); }
 void row_fma(float* dst, const c10::BFloat16* a, const c10::BFloat16* b, int64_t n) {
   row_fma_dispatch(dst, a, b, n);
+}
+
+void rect_axpy(float* dst, int64_t dst_ld, const float* src, int64_t src_ld, float a, int64_t rows,
+               int64_t cols) {
+  switch (active_isa()) {
+#if defined(__x86_64__)
+    case Isa::kAvx512Bf16:
+    case Isa::kAvx512:
+      return rect_axpy_avx512(dst, dst_ld, src, src_ld, a, rows, cols);
+    case Isa::kAvx2:
+      return rect_axpy_avx2(dst, dst_ld, src, src_ld, a, rows, cols);
+#endif
+    default:
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < cols; ++i) dst[r * dst_ld + i] += a * src[r * src_ld + i];
+  }
+}
+
+float rect_dot(const float* a, int64_t a_ld, const float* b, int64_t b_ld, int64_t rows,
+               int64_t cols) {
+  switch (active_isa()) {
+#if defined(__x86_64__)
+    case Isa::kAvx512Bf16:
+    case Isa::kAvx512:
+      return rect_dot_avx512(a, a_ld, b, b_ld, rows, cols);
+    case Isa::kAvx2:
+      return rect_dot_avx2(a, a_ld, b, b_ld, rows, cols);
+#endif
+    default: {
+      float sum = 0.f;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < cols; ++i) sum += a[r * a_ld + i] * b[r * b_ld + i];
+      return sum;
+    }
+  }
 }
 
 bool bf16_dot_active() { return active_isa() == Isa::kAvx512Bf16; }

@@ -127,6 +127,16 @@ void row_fma(float* dst, const c10::BFloat16* a, const float* b, int64_t n);
 void row_fma(float* dst, const c10::Half* a, const c10::Half* b, int64_t n);
 void row_fma(float* dst, const c10::BFloat16* a, const c10::BFloat16* b, int64_t n);
 
+// The rectangles of the depthwise kernels on NCHW planes, on the active
+// instruction set, `rows` rows of `cols` contiguous values each:
+//   rect_axpy: dst[r * dst_ld + c] += a * src[r * src_ld + c]
+//   rect_dot:  sum over r, c of a[r * a_ld + c] * b[r * b_ld + c], in a fixed
+//              order (vector lanes, then their sum), the same on every call.
+void rect_axpy(float* dst, int64_t dst_ld, const float* src, int64_t src_ld, float a, int64_t rows,
+               int64_t cols);
+float rect_dot(const float* a, int64_t a_ld, const float* b, int64_t b_ld, int64_t rows,
+               int64_t cols);
+
 // dst[i] = float(src[i]) for i < n: F16C's 8-wide conversion for float16
 // where the CPU has it (plain C++ converts float16 in software, one value at
 // a time), a vectorizable shift for bfloat16.
