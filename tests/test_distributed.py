@@ -62,6 +62,10 @@ def _worker(rank, port, result_path):
         _train(ddp, xs[:, part], ys[:, part])
         if rank == 0:
             torch.save(ddp.module.state_dict(), result_path)
+        # Both ranks tear gloo down together: a rank that exits while the other
+        # still has a connection open to it can make the other abort ("terminate
+        # called without an active exception", seen once in a loaded CI run).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -247,24 +247,65 @@ def test_half_precision_channels_last(dtype):
     assert_matches(out, ref, dtype)
 
 
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("shapes", [((2, 136, 40, 40), (136, 136, 3, 3)), ((1, 300, 40, 40), (136, 300, 3, 3))],
+                         ids=["136_channels", "300_inputs"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("isa", ["best", "avx512"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
-def test_half_precision_wide_gemm(dtype, isa, layout, restore_cpu_isa):
-    """136 channels on a 40x40 map: 9 column panels per unit, so 16-bit A rows
-    are widened block by block inside the GEMM (forward and grad_input) instead
-    of copied to float first; bfloat16 on avx512 takes that path as well."""
+def test_half_precision_wide_gemm(dtype, isa, layout, shapes, restore_cpu_isa, two_threads):
+    """At 2 threads, 136 output channels on a 40x40 map make units of 9 column
+    panels, so 16-bit A rows are widened block by block inside the GEMM
+    (forward and grad_input) instead of copied to float first; 300 input
+    channels add a second depth block (widening at k0 > 0, the prefetch of the
+    next block) and 19-panel grad_input rows. bfloat16 on avx512 takes this
+    path as well."""
     if isa != "best":
         if isa not in atrous_cuda.build_info()["cpu_isas_available"].split(","):
             pytest.skip(f"this CPU does not support {isa}")
         atrous_cuda._C.set_cpu_isa(isa)
-    x, w, b = random_conv_inputs((2, 136, 40, 40), (136, 136, 3, 3), dtype=dtype)
+    x, w, b = random_conv_inputs(*shapes, dtype=dtype)
     prepare = (lambda t: t.contiguous(memory_format=torch.channels_last)) if layout == "channels_last" else None
     kwargs = dict(padding=(2, 3), dilation=(2, 3))
     ours = conv_and_grads(atrous_conv, x, w, b, prepare=prepare, **kwargs)
     gy = seeded_randn(ours.out.shape, dtype, seed=1)
     ref = conv_and_grads(reference_conv, x.float(), w.float(), b.float(), grad_output=gy.float(), **kwargs)
     assert_results_match(ours, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("case", cases("grad_weight_segments", "grad_weight_segments_groups"), ids=_case_id)
+def test_channels_last_grad_weight_segments(case, dtype):
+    """Pixel-segment partials summed into the weight gradient of a channels_last
+    input and weight (the sums are stored in the weight's own order)."""
+    x, w, b = random_conv_inputs(case.x_shape, case.w_shape, dtype=dtype)
+    w = w.contiguous(memory_format=torch.channels_last)
+    to_cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    ours = conv_and_grads(atrous_conv, x, w, b, prepare=to_cl, **case.kwargs)
+    gy = seeded_randn(ours.out.shape, dtype, seed=1)
+    ref = conv_and_grads(reference_conv, x.double(), w.double(), b.double(), grad_output=gy.double(), **case.kwargs)
+    assert_results_match(ours, ref, dtype)
+
+
+@pytest.mark.parametrize("case", cases("depthwise_long_rows", "depthwise_multiplier2", "depthwise_strided_asymmetric"),
+                         ids=_case_id)
+def test_depthwise_planes_read_any_strides(case):
+    """The NCHW depthwise planes with a channels_last grad_output and a
+    channels_last weight: the strided fallbacks of the plane kernels."""
+    x, w, b = random_conv_inputs(case.x_shape, case.w_shape)
+    w = w.contiguous(memory_format=torch.channels_last)
+    out = atrous_conv(x, w, b, **case.kwargs)
+    gy = seeded_randn(out.shape, torch.float64, seed=1).contiguous(memory_format=torch.channels_last)
+    ours = conv_and_grads(atrous_conv, x, w, b, grad_output=gy, **case.kwargs)
+    ref = conv_and_grads(reference_conv, x, w, b, grad_output=gy, **case.kwargs)
+    assert_results_match(ours, ref, torch.float64)
 
 
 # ------------------------------------------------------------ CPU paths --

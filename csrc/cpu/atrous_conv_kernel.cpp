@@ -1,16 +1,19 @@
 // CPU kernels of atrous::conv_forward and atrous::conv_backward.
 //
-// Every kernel is an implicit GEMM over NHWC data in the accumulation type
-// (float for float32/float16/bfloat16, double for float64). For each kernel
-// tap (kh, kw) only the output pixels whose input pixel lies inside the image
-// take part (valid_out_range in atrous_index.h), so no multiply ever touches
-// padding. Work is split over independent output blocks with at::parallel_for
-// and every reduction runs in a fixed order, so results do not depend on the
-// number of threads.
+// Every kernel is an implicit GEMM over NHWC rows, accumulated in float for
+// float32/float16/bfloat16 and in double for float64 (16-bit rows are widened
+// as they are read, or multiplied in bfloat16 pairs by AVX512_BF16 dot
+// products). For each kernel tap (kh, kw) only the output pixels whose input
+// pixel lies inside the image take part (valid_out_range in atrous_index.h),
+// so no multiply touches padding (the bfloat16 pairs of grad_weight excepted:
+// a pair's second pixel may be one with a zero x). Work is split over
+// independent output blocks with at::parallel_for and every reduction runs in
+// a fixed order, so results do not depend on the number of threads.
 //
 // Convolutions with one input channel per group (depthwise, with any channel
-// multiplier) have no GEMM depth to speak of and take a direct path that
-// vectorizes over channels instead.
+// multiplier) have no GEMM depth to speak of and take direct paths instead:
+// row updates over the channels of NHWC rows, or, for NCHW float/double
+// tensors, whole planes read and written in place.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -60,6 +63,7 @@ constexpr int64_t kDepthwiseTile = 32;
 constexpr int64_t kGradWeightRows = 96;
 constexpr int64_t kGradWeightAccBytes = 1024 * 1024;
 constexpr int64_t kGradWeightChunk = 256;
+static_assert(kGradWeightChunk % 2 == 0, "the bfloat16 pair buffers hold kGradWeightChunk / 2 pairs");
 constexpr int64_t kGradWeightUnits = 16;
 constexpr int64_t kGradWeightSegmentPixels = 2048;
 constexpr int64_t kGradWeightPartialBytes = int64_t(64) << 20;
@@ -640,8 +644,8 @@ bool depthwise_reads_16bit(const ConvParams& p) {
 }
 
 // One input channel per group: out channel c reads input channel c / mult.
-// The tile covers every channel, and the channel loop vectorizes. x rows are
-// acc_t, or 16-bit with mult == 1 (depthwise_reads_16bit).
+// The tile covers every channel, each row update one depthwise_row. x rows
+// are acc_t, or 16-bit with mult == 1 (depthwise_reads_16bit).
 template <typename scalar_t, typename acc_t, typename x_t>
 void forward_depthwise(const ConvParams& p, const x_t* x, const acc_t* w_tap_major,
                        const acc_t* bias, Tensor& out) {
@@ -699,8 +703,8 @@ void forward_depthwise(const ConvParams& p, const x_t* x, const acc_t* w_tap_maj
 }
 
 // A bfloat16 conv runs on the AVX512_BF16 dot-product GEMM where the CPU has
-// it (float32 accumulation either way; the other path converts to a float32
-// copy first). Returns false when that path does not apply.
+// it (float32 accumulation either way; elsewhere the float32 GEMM widens the
+// bfloat16 rows). Returns false when that path does not apply.
 template <typename scalar_t, typename acc_t>
 bool forward_bf16_dot(const ConvParams& p, const Tensor& input, const Tensor& weight,
                       const acc_t* bias, Tensor& out) {
@@ -959,7 +963,9 @@ inline void interleave_pairs(const BFloat16* a, const BFloat16* b, BFloat16* dst
 // outer_gemm (OuterGemmBf16Args). grad_y pairs are made once per chunk; per
 // tap, a pair takes part when either pixel is valid, and a pixel that is not
 // gets a zero x row (the multiply-adds it wastes are at most one per valid
-// run of pixels and chunk end).
+// run of pixels and chunk end). Its grad_y is still multiplied, by zero: an
+// infinite or NaN grad_y there gives NaN, as torch's zero padding does, where
+// the other paths skip the pixel.
 //
 // Segments exist for parallelism when there are few channel blocks (64
 // channels on a large map is one block): each segment sums its pixels into a
@@ -1205,11 +1211,11 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
     using acc_t = at::opmath_type<scalar_t>;
     const bool depthwise = p.in_channels_per_group() == 1;
     // grad_output as NHWC rows, each made once and only if a path below reads
-    // it: in acc_t where the depthwise kernels (depthwise_reads_16bit) or
-    // grad_input (widen_in_gemm) want float rows, in its own dtype for the
-    // other paths and grad_bias (16-bit rows are widened as they are read; a channels_last
-    // grad_output is used in place). The bfloat16 dot-product grad_input
-    // reads its own pair copy.
+    // it: in acc_t where a depthwise kernel or grad_input wants float rows
+    // (depthwise_reads_16bit / widen_in_gemm false for a 16-bit tensor), in
+    // its own dtype for the other paths and grad_bias (16-bit rows are
+    // widened as they are read; a channels_last grad_output is used in
+    // place). The bfloat16 dot-product grad_input reads its own pair copy.
     Tensor gy_acc, gy_own;
     auto gy_acc_rows = [&]() -> const Tensor& {
       if (!gy_acc.defined()) gy_acc = to_nhwc<acc_t>(grad_output);

@@ -103,7 +103,8 @@ template <typename T, typename A, int VB, int MR>
 inline void gather_gemm_impl(const GatherGemmArgs<T, A>& args) {
   const int64_t width = panel_width<T>();
   const int64_t block = depth_block(args.panels);
-  // 16-bit A: the block's rows widened to T, kc apart, and pointers to them.
+  // 16-bit A: the block's rows widened to T, kc apart, and pointers to them
+  // (per thread; unused for float and double A).
   constexpr bool kWiden = !std::is_same_v<A, T>;
   thread_local std::vector<T> widened;
   thread_local std::vector<const T*> widened_rows;
@@ -466,7 +467,10 @@ ATROUS_ROW_AVX512 void row_fma_avx512(float* dst, const A* a, const B* b, int64_
                                               _mm512_loadu_ps(dst + i)));
   for (; i < n; ++i) dst[i] += static_cast<float>(a[i]) * static_cast<float>(b[i]);
 }
-// Row tails by masked loads and stores, so a rectangle is one loop.
+// rect_axpy's row tails take an 8-wide step and then scalars: a masked store
+// followed by an overlapping load of the next tap's rectangle cannot be
+// store-forwarded, and measured slower (bench/NOTES.md). rect_dot only loads,
+// so its tails are masked loads.
 ATROUS_ROW_AVX512 void rect_axpy_avx512(float* dst, int64_t dst_ld, const float* src,
                                         int64_t src_ld, float a, int64_t rows, int64_t cols) {
   const __m512 av = _mm512_set1_ps(a);
