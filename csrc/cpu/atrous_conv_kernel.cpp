@@ -480,37 +480,31 @@ void store_plane(T* dst, int64_t row_stride, int64_t col_stride, const T* plane,
   }
 }
 
-// Each kernel is instantiated for every dtype of the dispatch but runs only
-// for float and double (depthwise_on_planes).
-template <typename T, typename acc_t>
+template <typename T>
 void forward_depthwise_planes(const ConvParams& p, const Tensor& input, const Tensor& weight,
-                              const acc_t* bias, Tensor& out) {
-  if constexpr (!std::is_same_v<T, acc_t>) {
-    TORCH_INTERNAL_ASSERT(false, "depthwise planes: float and double only");
-  } else {
-    const Tensor w_contiguous = weight.contiguous();  // [Cout][taps]
-    const T* w = w_contiguous.data_ptr<T>();
-    const int64_t mult = p.out_channels_per_group(), taps = p.taps();
-    const int64_t oh_n = p.out_height, ow_n = p.out_width;
-    const Strides4 xs(input), os(out);
-    const T* x = input.data_ptr<T>();
-    T* out_data = out.data_ptr<T>();
-    at::parallel_for(0, p.batch * p.out_channels, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> plane(oh_n * ow_n);
-      for (int64_t unit = begin; unit < end; ++unit) {
-        const int64_t n = unit / p.out_channels, co = unit % p.out_channels;
-        std::fill(plane.begin(), plane.end(), bias ? bias[co] : T(0));
-        for (int64_t tap = 0; tap < taps; ++tap) {
-          const TapRect r = tap_rect(p, tap);
-          if (r.oh.size() == 0 || r.ow.size() == 0) continue;
-          rect_axpy(plane.data() + r.oh.begin * ow_n + r.ow.begin, ow_n, 1,
-                    x + xs.offset(n, co / mult, r.ih_begin, r.iw_begin), p.stride_h * xs.h,
-                    p.stride_w * xs.w, w[co * taps + tap], r.oh.size(), r.ow.size());
-        }
-        store_plane(out_data + os.offset(n, co, 0, 0), os.h, os.w, plane.data(), oh_n, ow_n);
+                              const T* bias, Tensor& out) {
+  const Tensor w_contiguous = weight.contiguous();  // [Cout][taps]
+  const T* w = w_contiguous.data_ptr<T>();
+  const int64_t mult = p.out_channels_per_group(), taps = p.taps();
+  const int64_t oh_n = p.out_height, ow_n = p.out_width;
+  const Strides4 xs(input), os(out);
+  const T* x = input.data_ptr<T>();
+  T* out_data = out.data_ptr<T>();
+  at::parallel_for(0, p.batch * p.out_channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> plane(oh_n * ow_n);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t n = unit / p.out_channels, co = unit % p.out_channels;
+      std::fill(plane.begin(), plane.end(), bias ? bias[co] : T(0));
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        const TapRect r = tap_rect(p, tap);
+        if (r.oh.size() == 0 || r.ow.size() == 0) continue;
+        rect_axpy(plane.data() + r.oh.begin * ow_n + r.ow.begin, ow_n, 1,
+                  x + xs.offset(n, co / mult, r.ih_begin, r.iw_begin), p.stride_h * xs.h,
+                  p.stride_w * xs.w, w[co * taps + tap], r.oh.size(), r.ow.size());
       }
-    });
-  }
+      store_plane(out_data + os.offset(n, co, 0, 0), os.h, os.w, plane.data(), oh_n, ow_n);
+    }
+  });
 }
 
 // grad_x[n][ci] = sum_{j < mult} sum_tap w[ci*mult + j][tap] * grad_y[n][ci*mult + j]
@@ -519,35 +513,31 @@ void forward_depthwise_planes(const ConvParams& p, const Tensor& input, const Te
 template <typename T>
 void grad_input_depthwise_planes(const ConvParams& p, const Tensor& grad_output,
                                  const Tensor& weight, Tensor& grad_input) {
-  if constexpr (!std::is_same_v<T, float> && !std::is_same_v<T, double>) {
-    TORCH_INTERNAL_ASSERT(false, "depthwise planes: float and double only");
-  } else {
-    const Tensor w_contiguous = weight.contiguous();  // [Cout][taps]
-    const T* w = w_contiguous.data_ptr<T>();
-    const int64_t mult = p.out_channels_per_group(), taps = p.taps();
-    const int64_t ih_n = p.in_height, iw_n = p.in_width;
-    const Strides4 gs(grad_output), xs(grad_input);
-    const T* gy = grad_output.data_ptr<T>();
-    T* gi_data = grad_input.data_ptr<T>();
-    at::parallel_for(0, p.batch * p.in_channels, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> plane(ih_n * iw_n);
-      for (int64_t unit = begin; unit < end; ++unit) {
-        const int64_t n = unit / p.in_channels, ci = unit % p.in_channels;
-        std::fill(plane.begin(), plane.end(), T(0));
-        for (int64_t j = 0; j < mult; ++j) {
-          const int64_t co = ci * mult + j;
-          for (int64_t tap = 0; tap < taps; ++tap) {
-            const TapRect r = tap_rect(p, tap);
-            if (r.oh.size() == 0 || r.ow.size() == 0) continue;
-            rect_axpy(plane.data() + r.ih_begin * iw_n + r.iw_begin, p.stride_h * iw_n, p.stride_w,
-                      gy + gs.offset(n, co, r.oh.begin, r.ow.begin), gs.h, gs.w, w[co * taps + tap],
-                      r.oh.size(), r.ow.size());
-          }
+  const Tensor w_contiguous = weight.contiguous();  // [Cout][taps]
+  const T* w = w_contiguous.data_ptr<T>();
+  const int64_t mult = p.out_channels_per_group(), taps = p.taps();
+  const int64_t ih_n = p.in_height, iw_n = p.in_width;
+  const Strides4 gs(grad_output), xs(grad_input);
+  const T* gy = grad_output.data_ptr<T>();
+  T* gi_data = grad_input.data_ptr<T>();
+  at::parallel_for(0, p.batch * p.in_channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> plane(ih_n * iw_n);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t n = unit / p.in_channels, ci = unit % p.in_channels;
+      std::fill(plane.begin(), plane.end(), T(0));
+      for (int64_t j = 0; j < mult; ++j) {
+        const int64_t co = ci * mult + j;
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          const TapRect r = tap_rect(p, tap);
+          if (r.oh.size() == 0 || r.ow.size() == 0) continue;
+          rect_axpy(plane.data() + r.ih_begin * iw_n + r.iw_begin, p.stride_h * iw_n, p.stride_w,
+                    gy + gs.offset(n, co, r.oh.begin, r.ow.begin), gs.h, gs.w, w[co * taps + tap],
+                    r.oh.size(), r.ow.size());
         }
-        store_plane(gi_data + xs.offset(n, ci, 0, 0), xs.h, xs.w, plane.data(), ih_n, iw_n);
       }
-    });
-  }
+      store_plane(gi_data + xs.offset(n, ci, 0, 0), xs.h, xs.w, plane.data(), ih_n, iw_n);
+    }
+  });
 }
 
 // grad_w[co][tap] = sum_n (sum of grad_y x x over the tap's rectangle in
@@ -555,29 +545,25 @@ void grad_input_depthwise_planes(const ConvParams& p, const Tensor& grad_output,
 template <typename T>
 void grad_weight_depthwise_planes(const ConvParams& p, const Tensor& input,
                                   const Tensor& grad_output, Tensor& grad_weight) {
-  if constexpr (!std::is_same_v<T, float> && !std::is_same_v<T, double>) {
-    TORCH_INTERNAL_ASSERT(false, "depthwise planes: float and double only");
-  } else {
-    const int64_t mult = p.out_channels_per_group(), taps = p.taps();
-    const Strides4 xs(input), gs(grad_output), ws(grad_weight);
-    const T* x = input.data_ptr<T>();
-    const T* gy = grad_output.data_ptr<T>();
-    T* gw_data = grad_weight.data_ptr<T>();
-    at::parallel_for(0, p.out_channels, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t co = begin; co < end; ++co) {
-        for (int64_t tap = 0; tap < taps; ++tap) {
-          const TapRect r = tap_rect(p, tap);
-          T sum = 0;
-          if (r.oh.size() > 0 && r.ow.size() > 0)
-            for (int64_t n = 0; n < p.batch; ++n)
-              sum += rect_dot(gy + gs.offset(n, co, r.oh.begin, r.ow.begin), gs.h, gs.w,
-                              x + xs.offset(n, co / mult, r.ih_begin, r.iw_begin), p.stride_h * xs.h,
-                              p.stride_w * xs.w, r.oh.size(), r.ow.size());
-          gw_data[ws.offset(co, 0, r.kh, r.kw)] = sum;
-        }
+  const int64_t mult = p.out_channels_per_group(), taps = p.taps();
+  const Strides4 xs(input), gs(grad_output), ws(grad_weight);
+  const T* x = input.data_ptr<T>();
+  const T* gy = grad_output.data_ptr<T>();
+  T* gw_data = grad_weight.data_ptr<T>();
+  at::parallel_for(0, p.out_channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t co = begin; co < end; ++co) {
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        const TapRect r = tap_rect(p, tap);
+        T sum = 0;
+        if (r.oh.size() > 0 && r.ow.size() > 0)
+          for (int64_t n = 0; n < p.batch; ++n)
+            sum += rect_dot(gy + gs.offset(n, co, r.oh.begin, r.ow.begin), gs.h, gs.w,
+                            x + xs.offset(n, co / mult, r.ih_begin, r.iw_begin), p.stride_h * xs.h,
+                            p.stride_w * xs.w, r.oh.size(), r.ow.size());
+        gw_data[ws.offset(co, 0, r.kh, r.kw)] = sum;
       }
-    });
-  }
+    }
+  });
 }
 
 // NCHW-like float/double tensors take the plane kernels.
@@ -585,6 +571,18 @@ template <typename scalar_t>
 bool depthwise_on_planes(const Tensor& input) {
   return (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) &&
          !input.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// Calls f(scalar_t()) when scalar_t is float or double. The dispatch's
+// lambdas are written once for every dtype, so a generic `f` keeps the plane
+// kernels from being instantiated for the 16-bit types, which never take
+// them (depthwise_on_planes).
+template <typename scalar_t, typename F>
+void with_plane_type(F&& f) {
+  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>)
+    f(scalar_t());
+  else
+    TORCH_INTERNAL_ASSERT(false, "depthwise planes: float and double only");
 }
 
 // ---------------------------------------------------------------- forward --
@@ -735,7 +733,9 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
       bias_acc = bias->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* bias_ptr = bias_acc.defined() ? bias_acc.data_ptr<acc_t>() : nullptr;
     if (p.in_channels_per_group() == 1 && depthwise_on_planes<scalar_t>(input)) {
-      forward_depthwise_planes<scalar_t, acc_t>(p, input, weight, bias_ptr, out);
+      with_plane_type<scalar_t>([&](auto type) {
+        forward_depthwise_planes<decltype(type)>(p, input, weight, bias_ptr, out);
+      });
     } else if (p.in_channels_per_group() == 1) {
       const Tensor w = pack_weight_depthwise<acc_t>(weight, p);
       if (depthwise_reads_16bit<scalar_t, acc_t>(p)) {
@@ -1228,7 +1228,9 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
     const bool planes = depthwise && depthwise_on_planes<scalar_t>(input);
     if (output_mask[0] && grad_input.numel() > 0) {
       if (planes) {
-        grad_input_depthwise_planes<scalar_t>(p, grad_output, weight, grad_input);
+        with_plane_type<scalar_t>([&](auto type) {
+          grad_input_depthwise_planes<decltype(type)>(p, grad_output, weight, grad_input);
+        });
       } else if (depthwise) {
         const Tensor w = pack_weight_depthwise<acc_t>(weight, p);
         if (depthwise_reads_16bit<scalar_t, acc_t>(p))
@@ -1259,7 +1261,9 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
     };
     if (output_mask[1]) {
       if (planes) {
-        grad_weight_depthwise_planes<scalar_t>(p, input, grad_output, grad_weight);
+        with_plane_type<scalar_t>([&](auto type) {
+          grad_weight_depthwise_planes<decltype(type)>(p, input, grad_output, grad_weight);
+        });
       } else if (depthwise) {
         if (depthwise_reads_16bit<scalar_t, acc_t>(p)) {
           const Tensor x = to_nhwc<scalar_t>(input);
