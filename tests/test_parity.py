@@ -77,6 +77,9 @@ CASES_2D = [
     Case("depthwise_vector_rows", (2, 37, 9, 8), (37, 1, 3, 3), dict(padding=(2, 3), dilation=(2, 3), groups=37)),
     # rows of 37-41 pixels: whole vectors and a tail in the NCHW plane rows (axpy and dot)
     Case("depthwise_long_rows", (2, 5, 7, 41), (10, 1, 3, 3), dict(padding=(1, 4), dilation=(1, 2), groups=5)),
+    # rows of 41 pixels and 37 input / 21 output channels: whole 16 x 16 and 8 x 8 blocks and tails in
+    # grad_weight's transposes of NCHW planes
+    Case("long_rows_many_channels", (2, 37, 6, 41), (21, 37, 3, 3), dict(padding=(1, 4), dilation=(1, 2))),
 ]
 
 
@@ -348,6 +351,48 @@ def test_every_cpu_isa_matches_torch(isa, dtype, restore_cpu_isa):
         ref = conv_and_grads(reference_conv, x.double(), w.double(), b.double(), grad_output=gy.double(),
                              **case.kwargs)
         assert_results_match(ours, ref, dtype)
+
+
+# grad_weight without grad_input reads NCHW x and grad_y where they lie: runs of
+# plane pixels are transposed into pixel rows a chunk at a time (16 x 16 blocks
+# on AVX-512, 8 x 8 on AVX2, values on the baseline). Channel counts off the
+# block size, rows of 7-70 pixels (whole blocks and tails), taps whose valid
+# rows are partial, strides that break runs, groups, and pixel segments.
+PLANE_CASES = cases("stride1_pad1", "stride_unequal_1x2", "padding_asymmetric_strided", "dilation_beyond_input",
+                    "groups2", "odd_sizes", "many_channels_groups2", "deep_gemm", "wide_gemm_column_blocks",
+                    "grad_weight_segments_groups", "depthwise_multiplier2", "long_rows_many_channels")
+PLANE_VIEWS = {  # name: (view, the shape to make so that the view has a given shape)
+    "nchw": (lambda t: t, lambda s: s),
+    # plane rows one element apart, the rows themselves not contiguous
+    "row_slice": (lambda t: t[..., 1:], lambda s: (*s[:3], s[3] + 1)),
+    "channel_step": (lambda t: t[:, ::2], lambda s: (s[0], 2 * s[1], *s[2:])),
+    # no runs at all: one value per pixel and channel
+    "pixel_step": (lambda t: t[..., ::2], lambda s: (*s[:3], 2 * s[3] - 1)),
+}
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("layout", PLANE_VIEWS.values(), ids=PLANE_VIEWS.keys())
+def test_grad_weight_reads_nchw_planes_in_place(isa, dtype, layout, restore_cpu_isa):
+    available = atrous_cuda.build_info()["cpu_isas_available"].split(",")
+    if isa not in available:
+        pytest.skip(f"this CPU does not support {isa} (available: {available})")
+    atrous_cuda._C.set_cpu_isa(isa)
+    view, source_shape = layout
+    for case in PLANE_CASES:
+        x, w, b = random_conv_inputs(source_shape(case.x_shape), case.w_shape, dtype=dtype)
+        x = view(x)
+        assert x.shape == case.x_shape
+        w, b = w.requires_grad_(), b.requires_grad_()
+        out = atrous_conv(x, w, b, **case.kwargs)  # x needs no gradient: grad_input is not computed
+        gy = view(seeded_randn(source_shape(tuple(out.shape)), dtype, seed=1))
+        gw, gb = torch.autograd.grad(out, (w, b), gy)
+        rw, rb = (t.detach().double().requires_grad_() for t in (w, b))
+        ref = reference_conv(x.double(), rw, rb, **case.kwargs)
+        ref_gw, ref_gb = torch.autograd.grad(ref, (rw, rb), gy.double())
+        assert_matches(gw, ref_gw, dtype, f"{case.id} grad_weight")
+        assert_matches(gb, ref_gb, dtype, f"{case.id} grad_bias")
 
 
 def _cpu_flags():

@@ -885,6 +885,55 @@ void widen(const T* src, acc_t* dst, int64_t n) {
     cpu::widen_to_float(src, dst, n);
 }
 
+// An operand of grad_weight read where it lies: channel c of pixel (n, y, x)
+// at data[n * s.n + c * s.c + y * s.h + x * s.w]. NHWC rows (s.c == 1) and
+// NCHW planes (s.w == 1) are both read in place (copy_pixel_rows).
+template <typename T>
+struct PixelOperand {
+  const T* data;
+  Strides4 s;
+  int64_t pixel(int64_t n, int64_t y, int64_t x) const { return n * s.n + y * s.h + x * s.w; }
+};
+
+template <typename T>
+PixelOperand<T> pixel_operand(const Tensor& t) {
+  return {t.data_ptr<T>(), Strides4(t)};
+}
+
+// Channels [0, channels) of a run of `count` pixels, one element apart in
+// each plane (channel c at src[c * src_ld + k]), as rows of dst.
+template <typename T, typename acc_t>
+void transpose_run(const T* src, int64_t src_ld, int64_t count, int64_t channels, acc_t* dst,
+                   int64_t dst_ld) {
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<acc_t, float>) {
+    cpu::transpose_to_rows(src, src_ld, count, channels, dst, dst_ld);
+  } else {
+    for (int64_t k = 0; k < count; ++k)
+      for (int64_t c = 0; c < channels; ++c)
+        dst[k * dst_ld + c] = static_cast<acc_t>(src[c * src_ld + k]);
+  }
+}
+
+// dst row j (dst_ld apart) = acc_t channels [0, channels) of the pixel whose
+// channel 0 is at src.data + offsets[j], j < count: grad_weight's chunk
+// copies. Contiguous channels are copied (widened) a pixel at a time; planes
+// are transposed a run at a time, a run being consecutive pixels one element
+// apart (a row of an NCHW plane, or several when the tap reads whole rows).
+template <typename T, typename acc_t>
+void copy_pixel_rows(const PixelOperand<T>& src, const int64_t* offsets, int64_t count,
+                     int64_t channels, acc_t* dst, int64_t dst_ld) {
+  if (src.s.c == 1) {
+    for (int64_t j = 0; j < count; ++j) widen(src.data + offsets[j], dst + j * dst_ld, channels);
+    return;
+  }
+  for (int64_t j = 0; j < count;) {
+    int64_t end = j + 1;
+    while (end < count && offsets[end] == offsets[end - 1] + 1) ++end;
+    transpose_run(src.data + offsets[j], src.s.c, end - j, channels, dst + j * dst_ld, dst_ld);
+    j = end;
+  }
+}
+
 // Writes a grad_weight unit's sums, C_tap[i][co] at
 // acc[(tap * block_rows + i) * row_len + co], to
 //   dst[co * co_stride + i * ci_stride + tap_offset[tap]],  co < cog, i < rows.
@@ -942,6 +991,20 @@ inline void interleave_pairs(const BFloat16* a, const BFloat16* b, BFloat16* dst
   }
 }
 
+// An operand of grad_weight_gemm (x or grad_y) as it is read: in place when
+// its channels are contiguous (NHWC rows, any dtype) or, for float and
+// double, when its plane rows are (NCHW planes, transposed a chunk at a
+// time); otherwise an NHWC copy in its own dtype. Reading NCHW in place
+// spares the two full NHWC copies, whose fresh pages alone cost 0.3-0.5 ms
+// per MB here (bench/NOTES.md). The bfloat16 pair GEMM reads 16-bit rows, so
+// 16-bit planes are copied.
+template <typename scalar_t>
+Tensor grad_weight_operand(const Tensor& t) {
+  constexpr bool kPlanes = std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;
+  if (t.stride(1) == 1 || (kPlanes && t.stride(3) == 1)) return t;
+  return to_nhwc<scalar_t>(t);
+}
+
 // grad_w[g*Cog + co, ci, tap] = sum_{valid pixels} x[n, ih, iw, g*Cig + ci] * grad_y[n, oh, ow, g*Cog + co].
 // The GEMM depth is the pixel count: each output pixel is a rank-1 update of
 // the transposed weight gradient of every tap that reads inside the image,
@@ -973,10 +1036,12 @@ inline void interleave_pairs(const BFloat16* a, const BFloat16* b, BFloat16* dst
 // depends on the shapes only, never on the thread count, so results are
 // bitwise the same with any number of threads.
 template <typename scalar_t, typename acc_t, bool kPairs = false, typename x_t, typename gy_t>
-void grad_weight_gemm(const ConvParams& p, const x_t* x, const gy_t* gy, Tensor& grad_weight) {
+void grad_weight_gemm(const ConvParams& p, const PixelOperand<x_t>& x, const PixelOperand<gy_t>& gy,
+                      Tensor& grad_weight) {
   static_assert(!kPairs || (std::is_same_v<x_t, BFloat16> && std::is_same_v<gy_t, BFloat16> &&
                             std::is_same_v<acc_t, float>),
                 "the pair GEMM reads bfloat16 rows into float32 sums");
+  TORCH_INTERNAL_ASSERT(!kPairs || (x.s.c == 1 && gy.s.c == 1), "the pair GEMM reads NHWC rows");
   using buf_t = std::conditional_t<kPairs, BFloat16, acc_t>;  // the copies' type
   const int64_t G = p.groups, cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
   const int64_t taps = p.taps(), width = panel_width<acc_t>();
@@ -1023,7 +1088,7 @@ void grad_weight_gemm(const ConvParams& p, const x_t* x, const gy_t* gy, Tensor&
     std::vector<buf_t> gy_chunk(kGradWeightChunk * gy_ld), x_chunk(kGradWeightChunk * x_ld);
     std::vector<const buf_t*> x_rows(kGradWeightChunk), gy_rows(kGradWeightChunk);
     std::vector<int64_t> chunk_n(kGradWeightChunk), chunk_oh(kGradWeightChunk),
-        chunk_ow(kGradWeightChunk);
+        chunk_ow(kGradWeightChunk), offsets(kGradWeightChunk);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t segment = unit % segments, block = (unit / segments) % row_blocks;
       const int64_t g = unit / (segments * row_blocks);
@@ -1034,20 +1099,24 @@ void grad_weight_gemm(const ConvParams& p, const x_t* x, const gy_t* gy, Tensor&
       for (int64_t c0 = pix_begin; c0 < pix_end; c0 += kGradWeightChunk) {
         const int64_t count = std::min(kGradWeightChunk, pix_end - c0);
         const int64_t slots = (count + kPerSlot - 1) / kPerSlot;
-        auto gy_row = [&](int64_t k) { return gy + (c0 + k) * p.out_channels + g * cog; };
+        // offsets[k]: channel g * cog of chunk pixel k in grad_y.
         for (int64_t k = 0; k < count; ++k) {
           const int64_t pix = c0 + k;
           chunk_ow[k] = pix % p.out_width;
           chunk_oh[k] = (pix / p.out_width) % p.out_height;
           chunk_n[k] = pix / (p.out_width * p.out_height);
+          offsets[k] = gy.pixel(chunk_n[k], chunk_oh[k], chunk_ow[k]) + g * cog * gy.s.c;
+        }
+        if constexpr (kPairs) {
+          auto gy_row = [&](int64_t k) { return gy.data + offsets[k]; };
+          for (int64_t s = 0; s < slots; ++s)
+            interleave_pairs(gy_row(2 * s), 2 * s + 1 < count ? gy_row(2 * s + 1) : nullptr,
+                             gy_chunk.data() + s * 2 * gy_ld, cog);
+        } else {
+          copy_pixel_rows(gy, offsets.data(), count, cog, gy_chunk.data(), gy_ld);
         }
         for (int64_t s = 0; s < slots; ++s) {
           buf_t* dst = gy_chunk.data() + s * kPerSlot * gy_ld;
-          if constexpr (kPairs) {
-            interleave_pairs(gy_row(2 * s), 2 * s + 1 < count ? gy_row(2 * s + 1) : nullptr, dst, cog);
-          } else {
-            widen(gy_row(s), dst, cog);
-          }
           std::fill(dst + kPerSlot * cog, dst + kPerSlot * row_len, buf_t(0));
         }
         for (int64_t tap = 0; tap < taps; ++tap) {
@@ -1056,32 +1125,41 @@ void grad_weight_gemm(const ConvParams& p, const x_t* x, const gy_t* gy, Tensor&
               valid_out_range(p.in_height, p.out_height, kh, p.stride_h, p.pad_top, p.dilation_h);
           const IndexRange ow_valid =
               valid_out_range(p.in_width, p.out_width, kw, p.stride_w, p.pad_left, p.dilation_w);
-          // The unit's x channels that chunk pixel k reads through the tap, or
-          // null when it reads padding.
-          auto x_row = [&](int64_t k) -> const x_t* {
-            if (k >= count) return nullptr;
+          // Offset of the unit's first x channel that chunk pixel k reads
+          // through the tap, or -1 when it reads padding.
+          const int64_t channel0 = (g * cig + ci0) * x.s.c;
+          auto x_offset = [&](int64_t k) -> int64_t {
+            if (k >= count) return -1;
             const int64_t oh = chunk_oh[k], ow = chunk_ow[k];
             if (oh < oh_valid.begin || oh >= oh_valid.end || ow < ow_valid.begin || ow >= ow_valid.end)
-              return nullptr;
+              return -1;
             const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
             const int64_t iw = input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w);
-            return x + ((chunk_n[k] * p.in_height + ih) * p.in_width + iw) * p.in_channels + g * cig + ci0;
+            return x.pixel(chunk_n[k], ih, iw) + channel0;
           };
           int64_t depth = 0;
-          for (int64_t s = 0; s < slots; ++s) {
-            buf_t* dst = x_chunk.data() + depth * kPerSlot * x_ld;
-            if constexpr (kPairs) {
-              const BFloat16 *first = x_row(2 * s), *second = x_row(2 * s + 1);
-              if (first == nullptr && second == nullptr) continue;
-              interleave_pairs(first, second, dst, rows);
-            } else {
-              const x_t* src = x_row(s);
-              if (src == nullptr) continue;
-              widen(src, dst, rows);
+          if constexpr (kPairs) {
+            for (int64_t s = 0; s < slots; ++s) {
+              const int64_t first = x_offset(2 * s), second = x_offset(2 * s + 1);
+              if (first < 0 && second < 0) continue;
+              BFloat16* dst = x_chunk.data() + depth * 2 * x_ld;
+              interleave_pairs(first < 0 ? nullptr : x.data + first,
+                               second < 0 ? nullptr : x.data + second, dst, rows);
+              x_rows[depth] = dst;
+              gy_rows[depth] = gy_chunk.data() + s * 2 * gy_ld;
+              ++depth;
             }
-            x_rows[depth] = dst;
-            gy_rows[depth] = gy_chunk.data() + s * kPerSlot * gy_ld;
-            ++depth;
+          } else {
+            // The valid pixels' offsets, then one copy of all their rows.
+            for (int64_t k = 0; k < count; ++k) {
+              const int64_t offset = x_offset(k);
+              if (offset < 0) continue;
+              offsets[depth] = offset;
+              x_rows[depth] = x_chunk.data() + depth * x_ld;
+              gy_rows[depth] = gy_chunk.data() + k * gy_ld;
+              ++depth;
+            }
+            copy_pixel_rows(x, offsets.data(), depth, rows, x_chunk.data(), x_ld);
           }
           acc_t* c = acc.data() + tap * block_rows * row_len;
           if constexpr (kPairs)
@@ -1157,8 +1235,8 @@ void grad_weight_depthwise(const ConvParams& p, const in_t* x, const in_t* gy,
 // grad_b[c] = sum_{n, oh, ow} grad_y[n, oh, ow, c], per channel block in a
 // fixed order: per image first, then across images.
 template <typename scalar_t, typename acc_t, typename gy_t>
-void grad_bias_sum(const ConvParams& p, const gy_t* gy, Tensor& grad_bias) {
-  const int64_t cout = p.out_channels, pixels = p.out_height * p.out_width;
+void grad_bias_sum(const ConvParams& p, const PixelOperand<gy_t>& gy, Tensor& grad_bias) {
+  const int64_t cout = p.out_channels;
   const int64_t blocks = (cout + kChannelBlock - 1) / kChannelBlock;
   scalar_t* gb_data = grad_bias.data_ptr<scalar_t>();
   const int64_t gb_stride = grad_bias.stride(0);
@@ -1169,10 +1247,14 @@ void grad_bias_sum(const ConvParams& p, const gy_t* gy, Tensor& grad_bias) {
       std::fill(total.begin(), total.end(), acc_t(0));
       for (int64_t n = 0; n < p.batch; ++n) {
         std::fill(image.begin(), image.end(), acc_t(0));
-        for (int64_t px = 0; px < pixels; ++px) {
-          const gy_t* src = gy + (n * pixels + px) * cout;
-          for (int64_t c = c0; c < c1; ++c) image[c - c0] += static_cast<acc_t>(src[c]);
-        }
+        for (int64_t oh = 0; oh < p.out_height; ++oh)
+          for (int64_t ow = 0; ow < p.out_width; ++ow) {
+            const gy_t* src = gy.data + gy.pixel(n, oh, ow);
+            if (gy.s.c == 1)
+              for (int64_t c = c0; c < c1; ++c) image[c - c0] += static_cast<acc_t>(src[c]);
+            else
+              for (int64_t c = c0; c < c1; ++c) image[c - c0] += static_cast<acc_t>(src[c * gy.s.c]);
+          }
         for (int64_t c = c0; c < c1; ++c) total[c - c0] += image[c - c0];
       }
       for (int64_t c = c0; c < c1; ++c) gb_data[c * gb_stride] = static_cast<scalar_t>(total[c - c0]);
@@ -1250,14 +1332,15 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
                                                   depth, w.data_ptr<acc_t>(), grad_input);
       }
     }
-    // grad_weight (GEMM path) and grad_bias read NHWC rows of any dtype and
-    // widen as they copy or sum; they take the acc_t rows when grad_input
-    // already made them.
+    // grad_weight (GEMM path) and grad_bias widen what they read, so they take
+    // grad_output's NHWC rows when grad_input already made them, and
+    // otherwise grad_output where it lies when grad_weight_operand allows.
+    Tensor gy_operand;
     auto for_gy_source = [&](auto&& f) {
-      if (gy_acc.defined())
-        f(gy_acc.template data_ptr<acc_t>());
-      else
-        f(gy_own_rows().template data_ptr<scalar_t>());
+      if (gy_acc.defined()) return f(pixel_operand<acc_t>(gy_acc));
+      if (gy_own.defined()) return f(pixel_operand<scalar_t>(gy_own));
+      if (!gy_operand.defined()) gy_operand = grad_weight_operand<scalar_t>(grad_output);
+      f(pixel_operand<scalar_t>(gy_operand));
     };
     if (output_mask[1]) {
       if (planes) {
@@ -1275,21 +1358,22 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
                                                  gy_acc_rows().data_ptr<acc_t>(), grad_weight);
         }
       } else {
-        const Tensor x = to_nhwc<scalar_t>(input);
-        for_gy_source([&](const auto* gy) {
-          using gy_t = std::remove_cv_t<std::remove_pointer_t<decltype(gy)>>;
+        const Tensor x = grad_weight_operand<scalar_t>(input);
+        for_gy_source([&](const auto& gy) {
+          using gy_t = std::remove_cv_t<std::remove_pointer_t<decltype(gy.data)>>;
           if constexpr (std::is_same_v<scalar_t, BFloat16> && std::is_same_v<gy_t, BFloat16>) {
             if (cpu::bf16_dot_active()) {
-              grad_weight_gemm<scalar_t, acc_t, /*kPairs=*/true>(p, x.data_ptr<scalar_t>(), gy, grad_weight);
+              grad_weight_gemm<scalar_t, acc_t, /*kPairs=*/true>(p, pixel_operand<scalar_t>(x), gy,
+                                                                 grad_weight);
               return;
             }
           }
-          grad_weight_gemm<scalar_t, acc_t>(p, x.data_ptr<scalar_t>(), gy, grad_weight);
+          grad_weight_gemm<scalar_t, acc_t>(p, pixel_operand<scalar_t>(x), gy, grad_weight);
         });
       }
     }
     if (output_mask[2])
-      for_gy_source([&](const auto* gy) { grad_bias_sum<scalar_t, acc_t>(p, gy, grad_bias); });
+      for_gy_source([&](const auto& gy) { grad_bias_sum<scalar_t, acc_t>(p, gy, grad_bias); });
   });
   return {grad_input, grad_weight, grad_bias};
 }

@@ -16,6 +16,7 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -509,6 +510,116 @@ ATROUS_ROW_AVX512 float rect_dot_avx512(const float* a, int64_t a_ld, const floa
 #undef ATROUS_ROW_AVX512
 #pragma GCC diagnostic pop
 
+// ------------------------------------------------ plane runs -> pixel rows --
+//
+// dst[k * dst_ld + c] = src[c * src_ld + k]: a run of `pixels` consecutive
+// values in each of `channels` planes becomes `pixels` rows of channels
+// (grad_weight's chunk copies of NCHW operands). AVX-512 moves 16 channels x
+// 16 pixels per block through registers in three shuffle stages:
+//   1. unpacklo/hi_ps of channel pairs (2i, 2i + 1): within each 128-bit lane
+//      (pixels 4L..4L+3), pairs of channels for two pixels;
+//   2. shuffle_ps of two such results: a lane holds one pixel's 4 channels,
+//      u[4q + j] lane L = pixel 4L + j, channels 4q..4q+3;
+//   3. two shuffle_f32x4 rounds gather lane L of u[j], u[4 + j], u[8 + j],
+//      u[12 + j] into the row of pixel 4L + j.
+// Partial blocks load with a pixel mask (masked-off lanes never fault), zero
+// the missing channels and store the first `channels` lanes of the first
+// `pixels` rows.
+// (GCC 12's false maybe-uninitialized report inside the masked-load intrinsics, as above.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define ATROUS_TRANSPOSE_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw")))
+ATROUS_TRANSPOSE_AVX512 inline void transpose_block_avx512(const float* src, int64_t src_ld,
+                                                           int pixels, int channels, float* dst,
+                                                           int64_t dst_ld) {
+  const __mmask16 pixel_mask = static_cast<__mmask16>((1u << pixels) - 1);
+  const __mmask16 channel_mask = static_cast<__mmask16>((1u << channels) - 1);
+  __m512 r[16];
+  for (int c = 0; c < 16; ++c)
+    r[c] = c < channels ? _mm512_maskz_loadu_ps(pixel_mask, src + c * src_ld) : _mm512_setzero_ps();
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // a0 b0 a1 b1 per lane
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // a2 b2 a3 b3 per lane
+  }
+  __m512 u[16];
+  for (int q = 0; q < 4; ++q) {
+    const __m512 lo01 = t[4 * q], hi01 = t[4 * q + 1], lo23 = t[4 * q + 2], hi23 = t[4 * q + 3];
+    u[4 * q + 0] = _mm512_shuffle_ps(lo01, lo23, 0x44);  // pixel 4L + 0, channels 4q..4q+3
+    u[4 * q + 1] = _mm512_shuffle_ps(lo01, lo23, 0xEE);  // pixel 4L + 1
+    u[4 * q + 2] = _mm512_shuffle_ps(hi01, hi23, 0x44);  // pixel 4L + 2
+    u[4 * q + 3] = _mm512_shuffle_ps(hi01, hi23, 0xEE);  // pixel 4L + 3
+  }
+  for (int j = 0; j < 4; ++j) {
+    // lanes (L0, L2) and (L1, L3) of channels 0-7 and 8-15
+    const __m512 even_lo = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
+    const __m512 odd_lo = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
+    const __m512 even_hi = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512 odd_hi = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+    const __m512 row[4] = {
+        _mm512_shuffle_f32x4(even_lo, even_hi, 0x88),  // pixel j      (lane 0)
+        _mm512_shuffle_f32x4(odd_lo, odd_hi, 0x88),    // pixel 4 + j  (lane 1)
+        _mm512_shuffle_f32x4(even_lo, even_hi, 0xDD),  // pixel 8 + j  (lane 2)
+        _mm512_shuffle_f32x4(odd_lo, odd_hi, 0xDD),    // pixel 12 + j (lane 3)
+    };
+    for (int L = 0; L < 4; ++L) {
+      const int pixel = 4 * L + j;
+      if (pixel < pixels) _mm512_mask_storeu_ps(dst + pixel * dst_ld, channel_mask, row[L]);
+    }
+  }
+}
+ATROUS_TRANSPOSE_AVX512 void transpose_to_rows_avx512(const float* src, int64_t src_ld,
+                                                      int64_t pixels, int64_t channels, float* dst,
+                                                      int64_t dst_ld) {
+  for (int64_t c0 = 0; c0 < channels; c0 += 16)
+    for (int64_t k0 = 0; k0 < pixels; k0 += 16)
+      transpose_block_avx512(src + c0 * src_ld + k0, src_ld,
+                             static_cast<int>(std::min<int64_t>(16, pixels - k0)),
+                             static_cast<int>(std::min<int64_t>(16, channels - c0)),
+                             dst + k0 * dst_ld + c0, dst_ld);
+}
+#undef ATROUS_TRANSPOSE_AVX512
+#pragma GCC diagnostic pop
+
+// The AVX2 form: 8 channels x 8 pixels per block, the same first two stages
+// within 128-bit lanes, then permute2f128 joins lane L of u[j] (channels 0-3)
+// and of u[4 + j] (channels 4-7) into the row of pixel 4L + j. Partial blocks
+// are copied value by value.
+#define ATROUS_TRANSPOSE_AVX2 __attribute__((target("avx2")))
+ATROUS_TRANSPOSE_AVX2 inline void transpose_block_avx2(const float* src, int64_t src_ld, float* dst,
+                                                       int64_t dst_ld) {
+  __m256 r[8], t[8], u[8];
+  for (int c = 0; c < 8; ++c) r[c] = _mm256_loadu_ps(src + c * src_ld);
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int q = 0; q < 2; ++q) {
+    u[4 * q + 0] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
+    u[4 * q + 1] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0xEE);
+    u[4 * q + 2] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+    u[4 * q + 3] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    _mm256_storeu_ps(dst + j * dst_ld, _mm256_permute2f128_ps(u[j], u[4 + j], 0x20));
+    _mm256_storeu_ps(dst + (4 + j) * dst_ld, _mm256_permute2f128_ps(u[j], u[4 + j], 0x31));
+  }
+}
+ATROUS_TRANSPOSE_AVX2 void transpose_to_rows_avx2(const float* src, int64_t src_ld, int64_t pixels,
+                                                  int64_t channels, float* dst, int64_t dst_ld) {
+  for (int64_t c0 = 0; c0 < channels; c0 += 8)
+    for (int64_t k0 = 0; k0 < pixels; k0 += 8) {
+      if (c0 + 8 <= channels && k0 + 8 <= pixels) {
+        transpose_block_avx2(src + c0 * src_ld + k0, src_ld, dst + k0 * dst_ld + c0, dst_ld);
+        continue;
+      }
+      for (int64_t k = k0; k < std::min<int64_t>(pixels, k0 + 8); ++k)
+        for (int64_t c = c0; c < std::min<int64_t>(channels, c0 + 8); ++c)
+          dst[k * dst_ld + c] = src[c * src_ld + k];
+    }
+}
+#undef ATROUS_TRANSPOSE_AVX2
+
 #define ATROUS_ROW_AVX2 __attribute__((target("avx2,f16c,fma")))
 ATROUS_ROW_AVX2 inline __m256 load8_avx2(const float* p) { return _mm256_loadu_ps(p); }
 ATROUS_ROW_AVX2 inline __m256 load8_avx2(const c10::Half* p) {
@@ -736,6 +847,22 @@ float rect_dot(const float* a, int64_t a_ld, const float* b, int64_t b_ld, int64
         for (int64_t i = 0; i < cols; ++i) sum += a[r * a_ld + i] * b[r * b_ld + i];
       return sum;
     }
+  }
+}
+
+void transpose_to_rows(const float* src, int64_t src_ld, int64_t pixels, int64_t channels,
+                       float* dst, int64_t dst_ld) {
+  switch (active_isa()) {
+#if defined(__x86_64__)
+    case Isa::kAvx512Bf16:
+    case Isa::kAvx512:
+      return transpose_to_rows_avx512(src, src_ld, pixels, channels, dst, dst_ld);
+    case Isa::kAvx2:
+      return transpose_to_rows_avx2(src, src_ld, pixels, channels, dst, dst_ld);
+#endif
+    default:
+      for (int64_t k = 0; k < pixels; ++k)
+        for (int64_t c = 0; c < channels; ++c) dst[k * dst_ld + c] = src[c * src_ld + k];
   }
 }
 

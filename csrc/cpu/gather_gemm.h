@@ -137,6 +137,14 @@ void rect_axpy(float* dst, int64_t dst_ld, const float* src, int64_t src_ld, flo
 float rect_dot(const float* a, int64_t a_ld, const float* b, int64_t b_ld, int64_t rows,
                int64_t cols);
 
+// dst[k * dst_ld + c] = src[c * src_ld + k] for k < pixels, c < channels: a
+// run of `pixels` consecutive values in each of `channels` planes (channel
+// c's run starting src_ld elements after channel c - 1's) becomes `pixels`
+// rows of channels. grad_weight's chunk copies of NCHW operands; 16 x 16
+// blocks are transposed in registers on AVX-512, 8 x 8 on AVX2.
+void transpose_to_rows(const float* src, int64_t src_ld, int64_t pixels, int64_t channels,
+                       float* dst, int64_t dst_ld);
+
 // dst[i] = float(src[i]) for i < n: F16C's 8-wide conversion for float16
 // where the CPU has it (plain C++ converts float16 in software, one value at
 // a time), a vectorizable shift for bfloat16.
