@@ -28,7 +28,7 @@ else:
     load_error = None
     from . import _assemble_ops  # noqa: F401  (registers the assembling ops' fake kernels and autograd)
     from ._assemble_ops import fcis_assemble, instance_assemble
-    from ._C import build_info
+    from ._C import build_info, empty_cpu_workspace_cache, set_cpu_workspace_cache_limit
     from .convert import convert_model, revert_model
     from .functional import atrous_conv1d, atrous_conv2d, atrous_conv_transpose2d
     from .modules import AtrousConv1d, AtrousConv2d, AtrousConvTranspose2d
@@ -42,7 +42,9 @@ __all__ = [
     "atrous_conv_transpose2d",
     "build_info",
     "convert_model",
+    "empty_cpu_workspace_cache",
     "fcis_assemble",
     "instance_assemble",
     "revert_model",
+    "set_cpu_workspace_cache_limit",
 ]

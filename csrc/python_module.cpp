@@ -15,6 +15,7 @@
 #include "assemble_index.h"
 #include "atrous_index.h"
 #include "cpu/gather_gemm.h"
+#include "cpu/workspace.h"
 
 #ifndef ATROUS_CUDA_ARCHS
 #define ATROUS_CUDA_ARCHS ""
@@ -54,6 +55,7 @@ py::dict build_info() {
   info["cpu_isas_available"] = atrous::cpu::cpu_isas_available();
   info["cpu_threads"] = at::get_num_threads();
   info["cpu_parallel_backend"] = at::get_parallel_info();
+  info["cpu_workspace_cache_limit"] = atrous::cpu::workspace_cache_limit();
   return info;
 }
 
@@ -66,6 +68,14 @@ PYBIND11_MODULE(_C, m) {
         "Measured fp32 FMA peak (GFLOP/s) of the active CPU instruction set on every intra-op thread.");
   m.def("set_cpu_isa", &atrous::cpu::set_cpu_isa, py::arg("isa"),
         "Run the CPU GEMM with 'avx512', 'avx2' or 'baseline' (the tests cover every path).");
+  m.def("cpu_workspace_cache_bytes", &atrous::cpu::workspace_cache_bytes,
+        "Bytes of CPU workspace the pool holds for reuse now (cpu/workspace.h).");
+  m.def("cpu_workspace_cache_limit", &atrous::cpu::workspace_cache_limit,
+        "The most bytes of CPU workspace the pool keeps between calls.");
+  m.def("set_cpu_workspace_cache_limit", &atrous::cpu::set_workspace_cache_limit, py::arg("bytes"),
+        "Sets the pool's limit (0 turns it off) and frees what it holds above it.");
+  m.def("empty_cpu_workspace_cache", &atrous::cpu::empty_workspace_cache,
+        "Frees every CPU workspace buffer the pool holds.");
   m.def("conv_out_size", &atrous::conv_out_size, py::arg("size"), py::arg("pad_before"),
         py::arg("pad_after"), py::arg("kernel"), py::arg("stride"), py::arg("dilation"));
   m.def(

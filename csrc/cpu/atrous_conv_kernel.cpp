@@ -27,6 +27,7 @@
 
 #include "../atrous_conv.h"
 #include "gather_gemm.h"
+#include "workspace.h"
 
 namespace atrous {
 namespace {
@@ -98,7 +99,7 @@ template <typename acc_t>
 Tensor to_nhwc(const Tensor& t) {
   const auto dtype = c10::CppTypeToScalarType<acc_t>::value;
   if (t.scalar_type() == dtype && t.is_contiguous(at::MemoryFormat::ChannelsLast)) return t;
-  Tensor nhwc = at::empty(t.sizes(), t.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
+  Tensor nhwc = cpu::workspace_empty(t.sizes(), dtype, at::MemoryFormat::ChannelsLast);
   if constexpr (std::is_same_v<acc_t, float>) {
     // channels_last 16-bit -> float: the same layout, widened in parallel blocks
     // (cpu::widen_to_float; torch's copy_ measured slower here).
@@ -156,7 +157,7 @@ PairRows bf16_pair_rows(const Tensor& t, int64_t groups) {
       t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
     storage = t;
   } else {
-    storage = at::empty({n, h, w, groups, depth}, t.options().dtype(at::kBFloat16));
+    storage = cpu::workspace_empty({n, h, w, groups, depth}, at::kBFloat16);
     if (depth != per_group) storage.narrow(4, per_group, 1).zero_();
     copy_to_nhwc(t, storage.data_ptr<BFloat16>(), groups * depth, per_group, depth);
   }
@@ -194,7 +195,7 @@ Tensor pack_weight_panels(const Tensor& weight, const ConvParams& p, bool transp
   // Element offsets of w[k][col] of B_{g,tap} at tap 0 along k and along col.
   const int64_t k_stride = transposed ? cig * taps : taps;
   const int64_t col_stride = transposed ? taps : cig * taps;
-  Tensor packed = at::empty({G, taps, panels, kq, kWidth, kPack}, weight.options().dtype(dtype));
+  Tensor packed = cpu::workspace_empty({G, taps, panels, kq, kWidth, kPack}, dtype);
   const T* src = w.data_ptr<T>();
   T* dst = packed.data_ptr<T>();
   const int64_t tap_stride = panels * kq * kWidth * kPack;
@@ -1066,8 +1067,8 @@ void grad_weight_gemm(const ConvParams& p, const PixelOperand<x_t>& x, const Pix
   // one segment writes grad_weight directly.
   Tensor partials;
   if (segments > 1)
-    partials = at::empty({segments, p.out_channels, cig, taps},
-                         grad_weight.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    partials = cpu::workspace_empty({segments, p.out_channels, cig, taps},
+                                    c10::CppTypeToScalarType<acc_t>::value);
   acc_t* partial_data = partials.defined() ? partials.data_ptr<acc_t>() : nullptr;
   const Strides4 ws(grad_weight);
   scalar_t* gw_data = grad_weight.data_ptr<scalar_t>();
