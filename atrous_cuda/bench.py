@@ -122,6 +122,22 @@ def _time(fn, device, warmup, reps):
     return statistics.median(times)
 
 
+def _time_alternating(ours, theirs, warmup, reps):
+    """Medians of our and torch's CPU times, the two runs taken in turn, so that a
+    busy spell of the host (the build machine is a shared VM) slows both sides
+    of a ratio rather than one."""
+    for _ in range(warmup):
+        ours()
+        theirs()
+    times = ([], [])
+    for _ in range(reps):
+        for fn, out in zip((ours, theirs), times):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def _rel_err(ours, ref):
     ref = ref.float()
     scale = ref.abs().max().item() or 1.0
@@ -190,8 +206,11 @@ def run_layer(layer, dilation, device, dtype, warmup, reps, memory_format=torch.
         ("grad_input", ours_bwd([True, False, False]), torch_bwd([True, False, False])),
         ("grad_weight", ours_bwd([False, True, False]), torch_bwd([False, True, False])),
     ):
-        t_ours = _time(ours, torch.device(device), warmup, reps)
-        t_torch = _time(theirs, torch.device(device), warmup, reps) if time_torch else float("nan")
+        if device == "cpu" and time_torch:
+            t_ours, t_torch = _time_alternating(ours, theirs, warmup, reps)
+        else:
+            t_ours = _time(ours, torch.device(device), warmup, reps)
+            t_torch = _time(theirs, torch.device(device), warmup, reps) if time_torch else float("nan")
         t_det = float("nan")
         if device == "cuda":
             # torch's deterministic mode: cuDNN restricted to deterministic algorithms.
@@ -469,7 +488,7 @@ def main(argv=None):
         suite = GPU_SUITE if gpu else cpu_suite()
         dtypes = args.dtype or (["float32", "bfloat16"] if gpu else ["float32"])
         formats = args.memory_format or (["nchw"] if gpu else ["nchw", "channels_last"])
-        reps = args.reps or (20 if gpu else 5)
+        reps = args.reps or (20 if gpu else 7)
         warmup = 5 if gpu else 1
         if args.quick:
             reps = max(3, reps // 4)

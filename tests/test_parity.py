@@ -391,6 +391,8 @@ def test_grad_weight_reads_nchw_planes_in_place(isa, dtype, layout, restore_cpu_
         rw, rb = (t.detach().double().requires_grad_() for t in (w, b))
         ref = reference_conv(x.double(), rw, rb, **case.kwargs)
         ref_gw, ref_gb = torch.autograd.grad(ref, (rw, rb), gy.double())
+        # the forward's NHWC copy of x: register transposes for float32 planes, torch's copy_ otherwise
+        assert_matches(out.detach(), ref.detach(), dtype, f"{case.id} output")
         assert_matches(gw, ref_gw, dtype, f"{case.id} grad_weight")
         assert_matches(gb, ref_gb, dtype, f"{case.id} grad_bias")
 

@@ -77,14 +77,35 @@ constexpr int64_t kChannelBlock = 256;
 // image n goes to
 //   dst[(n * HW + p) * pixel_stride + (c / per_group) * group_stride + c % per_group]
 // (per_group = C, group_stride = 0 for plain NHWC; the bfloat16 pair rows pad
-// each group). The destination is described to torch as a strided view and
-// filled by its copy_, which measured faster on NCHW sources than a blocked
-// transpose written here (bench/NOTES.md).
+// each group). float planes (NCHW) are transposed in registers
+// (cpu::transpose_to_rows), kNhwcCopyPixels pixels of every channel per step;
+// anything else is described to torch as a strided view and filled by its
+// copy_ (about 6.5 GB/s from NCHW here, bench/NOTES.md).
+constexpr int64_t kNhwcCopyPixels = 64;
+
 template <typename dst_t>
 void copy_to_nhwc(const Tensor& t, dst_t* dst, int64_t pixel_stride, int64_t per_group,
                   int64_t group_stride) {
   const int64_t N = t.size(0), C = t.size(1), H = t.size(2), W = t.size(3);
   if (t.numel() == 0) return;
+  if constexpr (std::is_same_v<dst_t, float>) {
+    // Each plane's H x W pixels one element apart: a step is one transpose of
+    // kNhwcCopyPixels x C into whole destination rows (64 KB-512 KB, in L2).
+    const bool planes = t.scalar_type() == at::kFloat && t.stride(3) == 1 && (H == 1 || t.stride(2) == W);
+    if (planes && per_group == C) {
+      const float* src = t.data_ptr<float>();
+      const int64_t hw = H * W, blocks = (hw + kNhwcCopyPixels - 1) / kNhwcCopyPixels;
+      at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t unit = begin; unit < end; ++unit) {
+          const int64_t n = unit / blocks, p0 = (unit % blocks) * kNhwcCopyPixels;
+          cpu::transpose_to_rows(src + n * t.stride(0) + p0, t.stride(1),
+                                 std::min(kNhwcCopyPixels, hw - p0), C,
+                                 dst + (n * hw + p0) * pixel_stride, pixel_stride);
+        }
+      });
+      return;
+    }
+  }
   const int64_t groups = C / per_group;
   // dst as [N][G][per_group][H][W] with the strides of the layout above.
   const Tensor view = at::from_blob(
@@ -277,7 +298,15 @@ void store_segment(scalar_t* dst, int64_t stride_c, int64_t stride_x, const acc_
                    int64_t row_len, int64_t pixels, int64_t channels) {
   if (stride_c == 1) {
     for (int64_t i = 0; i < pixels; ++i) store_row(dst + i * stride_x, rows + i * row_len, channels);
-  } else if (stride_c <= stride_x) {
+    return;
+  }
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+    if (stride_x == 1) {  // float NCHW: the rows transposed into the planes in registers
+      cpu::transpose_to_rows(rows, row_len, channels, pixels, dst, stride_c);
+      return;
+    }
+  }
+  if (stride_c <= stride_x) {
     for (int64_t i = 0; i < pixels; ++i)
       for (int64_t c = 0; c < channels; ++c)
         dst[i * stride_x + c * stride_c] = static_cast<scalar_t>(rows[i * row_len + c]);

@@ -140,8 +140,10 @@ float rect_dot(const float* a, int64_t a_ld, const float* b, int64_t b_ld, int64
 // dst[k * dst_ld + c] = src[c * src_ld + k] for k < pixels, c < channels: a
 // run of `pixels` consecutive values in each of `channels` planes (channel
 // c's run starting src_ld elements after channel c - 1's) becomes `pixels`
-// rows of channels. grad_weight's chunk copies of NCHW operands; 16 x 16
-// blocks are transposed in registers on AVX-512, 8 x 8 on AVX2.
+// rows of channels: grad_weight's chunk copies of NCHW operands, the NHWC
+// copies of float NCHW tensors, and (with the roles of pixels and channels
+// swapped) the stores of C rows into NCHW planes. 16 x 16 blocks are
+// transposed in registers on AVX-512, 8 x 8 on AVX2.
 void transpose_to_rows(const float* src, int64_t src_ld, int64_t pixels, int64_t channels,
                        float* dst, int64_t dst_ld);
 
