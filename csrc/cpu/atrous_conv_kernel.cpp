@@ -1049,7 +1049,10 @@ Tensor grad_weight_operand(const Tensor& t) {
 //   - per tap, the x rows of the chunk's valid pixels (the unit's channels)
 //     are copied into a second buffer, so both operands of outer_gemm are
 //     short sequential streams.
-// Both copies convert to acc_t, so x and grad_y may be 16-bit NHWC rows.
+// Both copies read x and grad_y where they lie (copy_pixel_rows): NHWC rows
+// of any dtype, widened to acc_t as they are copied, or float/double NCHW
+// planes, transposed a run of pixels at a time, so neither operand needs a
+// full NHWC copy (grad_weight_operand).
 //
 // kPairs (bfloat16 on AVX512_BF16): the copies stay bfloat16 and interleave
 // the chunk's pixels two by two (2q, 2q + 1), the pairs of the vdpbf16ps
