@@ -80,6 +80,8 @@ CASES_2D = [
     # rows of 41 pixels and 37 input / 21 output channels: whole 16 x 16 and 8 x 8 blocks and tails in
     # grad_weight's transposes of NCHW planes
     Case("long_rows_many_channels", (2, 37, 6, 41), (21, 37, 3, 3), dict(padding=(1, 4), dilation=(1, 2))),
+    # 2 taps and 200 input channels: grad_weight's channel blocks grow past 96 rows for few taps (2 of 100)
+    Case("grad_weight_few_taps_wide_blocks", (2, 200, 3, 40), (24, 200, 1, 2), dict(padding=(0, 5), dilation=(1, 5))),
 ]
 
 
@@ -360,7 +362,8 @@ def test_every_cpu_isa_matches_torch(isa, dtype, restore_cpu_isa):
 # rows are partial, strides that break runs, groups, and pixel segments.
 PLANE_CASES = cases("stride1_pad1", "stride_unequal_1x2", "padding_asymmetric_strided", "dilation_beyond_input",
                     "groups2", "odd_sizes", "many_channels_groups2", "deep_gemm", "wide_gemm_column_blocks",
-                    "grad_weight_segments_groups", "depthwise_multiplier2", "long_rows_many_channels")
+                    "grad_weight_segments_groups", "depthwise_multiplier2", "long_rows_many_channels",
+                    "grad_weight_few_taps_wide_blocks")
 PLANE_VIEWS = {  # name: (view, the shape to make so that the view has a given shape)
     "nchw": (lambda t: t, lambda s: s),
     # plane rows one element apart, the rows themselves not contiguous

@@ -55,13 +55,15 @@ constexpr int64_t kWholeImageTile = 1536;
 constexpr int64_t kUnitPanels = 16;
 // Pixels per unit in the depthwise path, whose tile spans every channel.
 constexpr int64_t kDepthwiseTile = 32;
-// grad_weight (see grad_weight_gemm): at most this many input channels per
-// unit (the GEMM M), within this many bytes of accumulators for all taps;
-// output pixels per chunk (the depth of one rank-1-update GEMM); pixel
+// grad_weight (see grad_weight_gemm): at most kGradWeightRows input channels
+// per unit (the GEMM M), or kGradWeightReuse / taps when that is more, within
+// kGradWeightAccBytes of accumulators for all taps; output pixels per chunk
+// (the depth of one rank-1-update GEMM); pixel
 // segments until there are kGradWeightUnits units, each segment at least
 // kGradWeightSegmentPixels long, all partial sums within
 // kGradWeightPartialBytes.
 constexpr int64_t kGradWeightRows = 96;
+constexpr int64_t kGradWeightReuse = 384;
 constexpr int64_t kGradWeightAccBytes = 1024 * 1024;
 constexpr int64_t kGradWeightChunk = 256;
 static_assert(kGradWeightChunk % 2 == 0, "the bfloat16 pair buffers hold kGradWeightChunk / 2 pairs");
@@ -1079,12 +1081,18 @@ void grad_weight_gemm(const ConvParams& p, const PixelOperand<x_t>& x, const Pix
   const int64_t G = p.groups, cig = p.in_channels_per_group(), cog = p.out_channels_per_group();
   const int64_t taps = p.taps(), width = panel_width<acc_t>();
   const int64_t panels = panels_for<acc_t>(cog), row_len = panels * width;
-  // Channel blocks: a multiple of the 6-row micro-tile, at most
-  // kGradWeightRows, and small enough for every tap's C block to fit the
-  // budget; as even as possible so units balance.
+  // Channel blocks: a multiple of the 6-row micro-tile, small enough for
+  // every tap's C block to fit the budget, as even as possible so units
+  // balance, and at most kGradWeightRows (96 measured best for 3x3 kernels:
+  // 108 rows, their budget, was 1-5% slower on ASPP OS8). Each unit copies its
+  // chunks' grad_y rows, and each copied value feeds rows x taps multiply-adds,
+  // so a 1-D kernel of 2 or 3 taps takes up to kGradWeightReuse / taps rows:
+  // fewer channel blocks, fewer copies of grad_y (WaveNet, channels_last:
+  // k=2 94 -> 85-89 ms, k=3 137 -> 130-135 ms, bench/NOTES.md).
   const int64_t budget_rows =
       kGradWeightAccBytes / (taps * row_len * static_cast<int64_t>(sizeof(acc_t))) / 6 * 6;
-  const int64_t max_rows = std::clamp<int64_t>(budget_rows, 6, kGradWeightRows);
+  const int64_t row_cap = std::max(kGradWeightRows, kGradWeightReuse / taps);
+  const int64_t max_rows = std::clamp<int64_t>(budget_rows, 6, row_cap);
   const int64_t row_blocks = (cig + max_rows - 1) / max_rows;
   const int64_t block_rows = ((cig + row_blocks - 1) / row_blocks + 5) / 6 * 6;
   // Pixel segments: enough units for kGradWeightUnits, each at least
