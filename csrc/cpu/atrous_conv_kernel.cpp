@@ -924,7 +924,6 @@ template <typename T>
 struct PixelOperand {
   const T* data;
   Strides4 s;
-  int64_t pixel(int64_t n, int64_t y, int64_t x) const { return n * s.n + y * s.h + x * s.w; }
 };
 
 template <typename T>
@@ -1146,7 +1145,7 @@ void grad_weight_gemm(const ConvParams& p, const PixelOperand<x_t>& x, const Pix
           chunk_ow[k] = pix % p.out_width;
           chunk_oh[k] = (pix / p.out_width) % p.out_height;
           chunk_n[k] = pix / (p.out_width * p.out_height);
-          offsets[k] = gy.pixel(chunk_n[k], chunk_oh[k], chunk_ow[k]) + g * cog * gy.s.c;
+          offsets[k] = gy.s.offset(chunk_n[k], g * cog, chunk_oh[k], chunk_ow[k]);
         }
         if constexpr (kPairs) {
           auto gy_row = [&](int64_t k) { return gy.data + offsets[k]; };
@@ -1168,7 +1167,6 @@ void grad_weight_gemm(const ConvParams& p, const PixelOperand<x_t>& x, const Pix
               valid_out_range(p.in_width, p.out_width, kw, p.stride_w, p.pad_left, p.dilation_w);
           // Offset of the unit's first x channel that chunk pixel k reads
           // through the tap, or -1 when it reads padding.
-          const int64_t channel0 = (g * cig + ci0) * x.s.c;
           auto x_offset = [&](int64_t k) -> int64_t {
             if (k >= count) return -1;
             const int64_t oh = chunk_oh[k], ow = chunk_ow[k];
@@ -1176,7 +1174,7 @@ void grad_weight_gemm(const ConvParams& p, const PixelOperand<x_t>& x, const Pix
               return -1;
             const int64_t ih = input_index(oh, kh, p.stride_h, p.pad_top, p.dilation_h);
             const int64_t iw = input_index(ow, kw, p.stride_w, p.pad_left, p.dilation_w);
-            return x.pixel(chunk_n[k], ih, iw) + channel0;
+            return x.s.offset(chunk_n[k], g * cig + ci0, ih, iw);
           };
           int64_t depth = 0;
           if constexpr (kPairs) {
@@ -1290,7 +1288,7 @@ void grad_bias_sum(const ConvParams& p, const PixelOperand<gy_t>& gy, Tensor& gr
         std::fill(image.begin(), image.end(), acc_t(0));
         for (int64_t oh = 0; oh < p.out_height; ++oh)
           for (int64_t ow = 0; ow < p.out_width; ++ow) {
-            const gy_t* src = gy.data + gy.pixel(n, oh, ow);
+            const gy_t* src = gy.data + gy.s.offset(n, 0, oh, ow);
             if (gy.s.c == 1)
               for (int64_t c = c0; c < c1; ++c) image[c - c0] += static_cast<acc_t>(src[c]);
             else

@@ -4,6 +4,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
+#include <c10/util/strides.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -112,16 +113,6 @@ Pool& pool() {
   return *instance;
 }
 
-std::vector<int64_t> contiguous_strides(c10::IntArrayRef sizes) {
-  std::vector<int64_t> strides(sizes.size());
-  int64_t stride = 1;
-  for (size_t i = sizes.size(); i-- > 0;) {
-    strides[i] = stride;
-    stride *= std::max<int64_t>(sizes[i], 1);
-  }
-  return strides;
-}
-
 }  // namespace
 
 at::Tensor workspace_empty(c10::IntArrayRef sizes, c10::ScalarType dtype, c10::MemoryFormat format) {
@@ -135,9 +126,9 @@ at::Tensor workspace_empty(c10::IntArrayRef sizes, c10::ScalarType dtype, c10::M
   } else {
     TORCH_INTERNAL_ASSERT(format == c10::MemoryFormat::Contiguous ||
                           (format == c10::MemoryFormat::ChannelsLast && sizes.size() == 4));
-    const std::vector<int64_t> strides = format == c10::MemoryFormat::ChannelsLast
-                                             ? c10::get_channels_last_strides_2d(sizes)
-                                             : contiguous_strides(sizes);
+    const c10::DimVector strides = format == c10::MemoryFormat::ChannelsLast
+                                       ? c10::DimVector(c10::get_channels_last_strides_2d(sizes))
+                                       : c10::contiguous_strides(sizes);
     int64_t capacity = 0;
     void* ptr = pool().take(bytes, capacity);
     t = at::from_blob(ptr, sizes, strides,
