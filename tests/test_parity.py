@@ -273,9 +273,7 @@ def test_half_precision_wide_gemm(dtype, isa, layout, shapes, restore_cpu_isa, t
     next block) and 19-panel grad_input rows. bfloat16 on avx512 takes this
     path as well."""
     if isa != "best":
-        if isa not in atrous_cuda.build_info()["cpu_isas_available"].split(","):
-            pytest.skip(f"this CPU does not support {isa}")
-        atrous_cuda._C.set_cpu_isa(isa)
+        use_cpu_isa(isa)
     x, w, b = random_conv_inputs(*shapes, dtype=dtype)
     prepare = (lambda t: t.contiguous(memory_format=torch.channels_last)) if layout == "channels_last" else None
     kwargs = dict(padding=(2, 3), dilation=(2, 3))
@@ -333,6 +331,15 @@ def restore_cpu_isa():
 CPU_ISAS = ["avx512_bf16", "avx512", "avx2", "baseline"]
 
 
+def use_cpu_isa(isa):
+    """Runs the rest of the test on `isa` (restore_cpu_isa puts the best one back)."""
+    available = atrous_cuda.build_info()["cpu_isas_available"].split(",")
+    if isa not in available:
+        pytest.skip(f"this CPU does not support {isa} (available: {available})")
+    atrous_cuda._C.set_cpu_isa(isa)
+    assert atrous_cuda.build_info()["cpu_isa"] == isa
+
+
 @pytest.mark.parametrize("isa", CPU_ISAS)
 @pytest.mark.parametrize(
     "dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=["float64", "float32", "bfloat16", "float16"]
@@ -341,11 +348,7 @@ def test_every_cpu_isa_matches_torch(isa, dtype, restore_cpu_isa):
     """bfloat16 takes the AVX512_BF16 dot-product GEMM on avx512_bf16 and
     float rows on the others; 16-bit depthwise rows are widened in registers
     (AVX-512, F16C or plain C++). The reference sees the rounded inputs in float64."""
-    available = atrous_cuda.build_info()["cpu_isas_available"].split(",")
-    if isa not in available:
-        pytest.skip(f"this CPU does not support {isa} (available: {available})")
-    atrous_cuda._C.set_cpu_isa(isa)
-    assert atrous_cuda.build_info()["cpu_isa"] == isa
+    use_cpu_isa(isa)
     for case in ISA_CASES:
         x, w, b = (t.to(dtype) for t in random_conv_inputs(case.x_shape, case.w_shape))
         ours = conv_and_grads(atrous_conv, x, w, b, **case.kwargs)
@@ -378,10 +381,7 @@ PLANE_VIEWS = {  # name: (view, the shape to make so that the view has a given s
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("layout", PLANE_VIEWS.values(), ids=PLANE_VIEWS.keys())
 def test_grad_weight_reads_nchw_planes_in_place(isa, dtype, layout, restore_cpu_isa):
-    available = atrous_cuda.build_info()["cpu_isas_available"].split(",")
-    if isa not in available:
-        pytest.skip(f"this CPU does not support {isa} (available: {available})")
-    atrous_cuda._C.set_cpu_isa(isa)
+    use_cpu_isa(isa)
     view, source_shape = layout
     for case in PLANE_CASES:
         x, w, b = random_conv_inputs(source_shape(case.x_shape), case.w_shape, dtype=dtype)
@@ -394,10 +394,32 @@ def test_grad_weight_reads_nchw_planes_in_place(isa, dtype, layout, restore_cpu_
         rw, rb = (t.detach().double().requires_grad_() for t in (w, b))
         ref = reference_conv(x.double(), rw, rb, **case.kwargs)
         ref_gw, ref_gb = torch.autograd.grad(ref, (rw, rb), gy.double())
-        # the forward's NHWC copy of x: register transposes for float32 planes, torch's copy_ otherwise
         assert_matches(out.detach(), ref.detach(), dtype, f"{case.id} output")
         assert_matches(gw, ref_gw, dtype, f"{case.id} grad_weight")
         assert_matches(gb, ref_gb, dtype, f"{case.id} grad_bias")
+
+
+# The forward and grad_input read float and double x and grad_y where they lie
+# too: gather_gemm with a_step = the plane size. Runs of consecutive pixels take
+# run tiles (12 rows x 2 panels on AVX-512, their tails peeled one size at a
+# time), other rows pointer tiles; the views above break runs in every way.
+@pytest.mark.parametrize("isa", CPU_ISAS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("layout", PLANE_VIEWS.values(), ids=PLANE_VIEWS.keys())
+def test_forward_and_grad_input_read_nchw_planes_in_place(isa, dtype, layout, restore_cpu_isa):
+    use_cpu_isa(isa)
+    view, source_shape = layout
+    for case in PLANE_CASES:
+        x, w, b = random_conv_inputs(source_shape(case.x_shape), case.w_shape, dtype=dtype)
+        x = view(x).requires_grad_()
+        out = atrous_conv(x, w, b, **case.kwargs)
+        gy = view(seeded_randn(source_shape(tuple(out.shape)), dtype, seed=1))
+        (gx,) = torch.autograd.grad(out, (x,), gy)
+        rx = x.detach().double().requires_grad_()
+        ref = reference_conv(rx, w.double(), b.double(), **case.kwargs)
+        (ref_gx,) = torch.autograd.grad(ref, (rx,), gy.double())
+        assert_matches(out.detach(), ref.detach(), dtype, f"{case.id} output")
+        assert_matches(gx, ref_gx, dtype, f"{case.id} grad_input")
 
 
 def _cpu_flags():

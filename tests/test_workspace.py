@@ -1,6 +1,9 @@
 """The CPU workspace pool (csrc/cpu/workspace.h): NHWC copies, packed weights
 and partial sums of at least 1 MiB are kept between calls, within a limit, so
-large workspaces stop paying fresh page faults on every call."""
+large workspaces stop paying fresh page faults on every call. And the
+workspace target of the CPU kernels: a float forward or grad_input, NCHW or
+channels_last, needs nothing beyond the packed weights (no copy of its input
+operand, no im2col)."""
 import os
 import subprocess
 import sys
@@ -8,14 +11,15 @@ import threading
 
 import pytest
 import torch
-from conftest import assert_bitwise_equal, atrous_conv, conv_and_grads, random_conv_inputs
+from conftest import assert_bitwise_equal, assert_matches, atrous_conv, conv_and_grads, random_conv_inputs
 
 import atrous_cuda
 from atrous_cuda import _C
 
 MiB = 1 << 20
-# A float32 NCHW input of 2 x 96 x 40 x 40 (1.2 MiB): its NHWC copy is pooled.
-X_SHAPE, W_SHAPE = (2, 96, 40, 40), (32, 96, 3, 3)
+# Weights of 64 x 512 x 3 x 3: their packed panels (1.125 MiB) are pooled.
+X_SHAPE, W_SHAPE = (2, 512, 10, 10), (64, 512, 3, 3)
+PACKED_BYTES = 64 * 512 * 9 * 4
 KWARGS = dict(padding=4, dilation=4)
 
 
@@ -38,10 +42,10 @@ def test_default_limit_is_256_mib_unless_the_environment_says_otherwise():
     assert atrous_cuda.build_info()["cpu_workspace_cache_limit"] == expected
 
 
-def test_nchw_input_copy_is_kept_and_reused(pool_limit):
+def test_packed_weights_are_kept_and_reused(pool_limit):
     _forward_nchw()
     held = _C.cpu_workspace_cache_bytes()
-    assert held >= X_SHAPE[0] * X_SHAPE[1] * X_SHAPE[2] * X_SHAPE[3] * 4
+    assert held == PACKED_BYTES
     for _ in range(3):
         _forward_nchw()
     assert _C.cpu_workspace_cache_bytes() == held, "a second call allocated instead of reusing"
@@ -57,8 +61,9 @@ def test_limit_zero_turns_the_pool_off(pool_limit):
 
 def test_pool_never_holds_more_than_its_limit(pool_limit):
     atrous_cuda.set_cpu_workspace_cache_limit(2 * MiB)
-    for shape in [(1, 64, 64, 64), (1, 96, 48, 48), (2, 80, 40, 40)]:  # 1-1.2 MiB inputs, different sizes
-        x, w, b = random_conv_inputs(shape, (16, shape[1], 3, 3), dtype=torch.float32)
+    # packed weights of 1.125, 1.25 and 1.41 MiB (columns padded to 16)
+    for cout, cin in [(64, 512), (80, 448), (72, 512)]:
+        x, w, b = random_conv_inputs((1, cin, 8, 8), (cout, cin, 3, 3), dtype=torch.float32)
         atrous_conv(x, w, b, padding=2, dilation=2)
         assert 0 < _C.cpu_workspace_cache_bytes() <= 2 * MiB
     atrous_cuda.set_cpu_workspace_cache_limit(MiB // 2)  # lowering the limit frees what is above it
@@ -106,7 +111,7 @@ def test_limit_from_the_environment(value, expected):
     code = (
         "import torch, atrous_cuda\n"
         "from atrous_cuda import _C\n"
-        "x = torch.randn(2, 96, 40, 40); w = torch.randn(32, 96, 3, 3)\n"
+        "x = torch.randn(2, 512, 10, 10); w = torch.randn(64, 512, 3, 3)\n"
         "try:\n"
         "    atrous_cuda.atrous_conv2d(x, w, None, padding=4, dilation=4)\n"
         "except RuntimeError as e:\n"
@@ -123,3 +128,27 @@ def test_limit_from_the_environment(value, expected):
     else:
         limit, held = map(int, out.stdout.split())
         assert limit == expected and 0 < held <= expected
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_and_grad_input_need_only_the_packed_weights(pool_limit, memory_format, dtype):
+    """Extra memory no larger than the output plus one packed copy of the
+    weights: the input (forward) and grad_output (grad_input) are read where
+    they lie. The packed weights here (256 x 16 x 9 values) are below the
+    pool's 1 MiB floor, so the pool stays empty unless a call copies its
+    2.25 MiB-plus operand."""
+    atrous_cuda.set_cpu_workspace_cache_limit(256 * MiB)
+    x, w, _ = random_conv_inputs((1, 256, 48, 48), (16, 256, 3, 3), dtype=dtype, seed=1)
+    y = atrous_conv(x.contiguous(memory_format=memory_format), w, None, padding=6, dilation=6)
+    assert _C.cpu_workspace_cache_bytes() == 0, "the forward copied its input"
+    gy = torch.randn(1, 256, 48, 48, dtype=dtype).contiguous(memory_format=memory_format)
+    x_small = torch.randn(1, 16, 48, 48, dtype=dtype)
+    w_wide = torch.randn(256, 16, 3, 3, dtype=dtype)
+    (grad_input, _, _) = torch.ops.atrous.conv_backward(gy, x_small, w_wide, [1, 1], [6, 6, 6, 6], [6, 6],
+                                                        1, [True, False, False])
+    assert _C.cpu_workspace_cache_bytes() == 0, "grad_input copied grad_output"
+    f64 = torch.float64
+    ref = torch.nn.grad.conv2d_input(x_small.shape, w_wide.to(f64), gy.to(f64), padding=6, dilation=6)
+    assert_matches(grad_input, ref, dtype, "grad_input")
+    assert_matches(y, torch.nn.functional.conv2d(x.to(f64), w.to(f64), padding=6, dilation=6), dtype, "output")

@@ -1,9 +1,11 @@
 // CPU kernels of atrous::conv_forward and atrous::conv_backward.
 //
-// Every kernel is an implicit GEMM over NHWC rows, accumulated in float for
-// float32/float16/bfloat16 and in double for float64 (16-bit rows are widened
+// Every kernel is an implicit GEMM over pixel rows, accumulated in float for
+// float32/float16/bfloat16 and in double for float64. float and double
+// operands are read where they lie, NCHW or channels_last (a pixel's
+// channels one plane apart, or contiguous); 16-bit ones are NHWC rows widened
 // as they are read, or multiplied in bfloat16 pairs by AVX512_BF16 dot
-// products). For each kernel tap (kh, kw) only the output pixels whose input
+// products. For each kernel tap (kh, kw) only the output pixels whose input
 // pixel lies inside the image take part (valid_out_range in atrous_index.h),
 // so no multiply touches padding (the bfloat16 pairs of grad_weight excepted:
 // a pair's second pixel may be one with a zero x). Work is split over
@@ -143,22 +145,36 @@ Tensor to_nhwc(const Tensor& t) {
   return nhwc;
 }
 
-// An NHWC operand of the gathered GEMM: pixel (n, y, x) of a height x width
-// plane starts pixel_stride elements after the previous one, and the channels
-// of group g start g * group_stride into the pixel.
-template <typename T>
-struct NhwcRows {
-  const T* data;
-  int64_t height, width, pixel_stride, group_stride;
-  const T* at(int64_t n, int64_t y, int64_t x, int64_t g) const {
-    return data + ((n * height + y) * width + x) * pixel_stride + g * group_stride;
+// Element strides of a 4-D tensor, so outputs of any memory format are
+// written in place.
+struct Strides4 {
+  int64_t n, c, h, w;
+  explicit Strides4(const Tensor& t) : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
+  Strides4(int64_t n_, int64_t c_, int64_t h_, int64_t w_) : n(n_), c(c_), h(h_), w(w_) {}
+  int64_t offset(int64_t in, int64_t ic, int64_t ih, int64_t iw) const {
+    return in * n + ic * c + ih * h + iw * w;
   }
 };
 
+// The A operand of the gathered GEMM, read where it lies: channel c of group g
+// of pixel (n, y, x) is at
+//   data[n * s.n + y * s.h + x * s.w + g * group_stride + c * s.c]
+// so a pixel's A row is `depth` values s.c apart (GatherGemmArgs::a_step):
+// NHWC rows (s.c = 1) and NCHW planes (s.c = H * W) alike.
 template <typename T>
-NhwcRows<T> nhwc_rows(const Tensor& nhwc, int64_t groups) {
-  const int64_t channels = nhwc.size(1);
-  return {nhwc.data_ptr<T>(), nhwc.size(2), nhwc.size(3), channels, channels / groups};
+struct PixelRows {
+  const T* data;
+  Strides4 s;
+  int64_t group_stride;
+  const T* at(int64_t n, int64_t y, int64_t x, int64_t g) const {
+    return data + n * s.n + y * s.h + x * s.w + g * group_stride;
+  }
+  int64_t step() const { return s.c; }
+};
+
+template <typename T>
+PixelRows<T> pixel_rows(const Tensor& t, int64_t groups) {
+  return {t.data_ptr<T>(), Strides4(t), t.size(1) / groups * t.stride(1)};
 }
 
 // The bfloat16 dot-product GEMM reads k in pairs, so its A operand is a
@@ -168,7 +184,7 @@ NhwcRows<T> nhwc_rows(const Tensor& nhwc, int64_t groups) {
 // A bfloat16 channels_last input with even groups is used in place.
 struct PairRows {
   Tensor storage;
-  NhwcRows<BFloat16> rows;
+  PixelRows<BFloat16> rows;
   int64_t depth;  // channels per group, rounded up to even
 };
 
@@ -184,18 +200,10 @@ PairRows bf16_pair_rows(const Tensor& t, int64_t groups) {
     if (depth != per_group) storage.narrow(4, per_group, 1).zero_();
     copy_to_nhwc(t, storage.data_ptr<BFloat16>(), groups * depth, per_group, depth);
   }
-  return {storage, {storage.data_ptr<BFloat16>(), h, w, groups * depth, depth}, depth};
+  const int64_t pixel = groups * depth;
+  return {storage, {storage.data_ptr<BFloat16>(), Strides4(h * w * pixel, 1, w * pixel, pixel), depth},
+          depth};
 }
-
-// Element strides of a 4-D tensor, so outputs of any memory format are
-// written in place.
-struct Strides4 {
-  int64_t n, c, h, w;
-  explicit Strides4(const Tensor& t) : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
-  int64_t offset(int64_t in, int64_t ic, int64_t ih, int64_t iw) const {
-    return in * n + ic * c + ih * h + iw * w;
-  }
-};
 
 // The B operand of the gathered GEMM, packed once per call into column panels
 // of kWidth (the micro-kernel's panel) with k taken kPack at a time (1 for
@@ -360,11 +368,22 @@ bool widen_in_gemm(const ConvParams& p, int64_t pixels, int64_t cols) {
   }
 }
 
+// float and double A operands are read where they lie, in any layout
+// (PixelRows): NCHW planes through gather_gemm's a_step, at the speed of an
+// NHWC copy or better (bench/NOTES.md, session 6), so the forward and
+// grad_input need no workspace beyond the packed weights. 16-bit operands
+// are widened, from an NHWC copy or block by block inside gather_gemm.
+template <typename scalar_t, typename acc_t>
+constexpr bool gemm_reads_in_place() {
+  return std::is_same_v<scalar_t, acc_t>;
+}
+
 // The forward and grad_input share one driver. Both compute, for every pixel
 // of a plane (the output for the forward, the input for grad_input) and every
 // column of a group,
 //   C[pixel][col] = init(col) + sum_{tap} sum_{k < depth} A_tap[pixel][k] * B[g][tap][k][col]
-// where A_tap[pixel] is the NHWC row the pixel reads through the tap, if any.
+// where A_tap[pixel] is the pixel row (PixelRows: NHWC, or NCHW planes read
+// in place) the pixel reads through the tap, if any.
 // A work unit is a tile of consecutive pixels of one image and one group, and
 // a block of column panels; per tap, the pixels with a valid A row form one
 // gathered GEMM into the unit's C tile, so no multiply touches padding.
@@ -389,8 +408,8 @@ bool widen_in_gemm(const ConvParams& p, int64_t pixels, int64_t cols) {
 //                                      the finished C rows of pixels (y, x0..x1)
 template <typename acc_t, typename a_t, bool kPairs, typename Init, typename Gather, typename Store>
 void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64_t depth,
-                       int64_t cols, const PackedB<acc_t, kPairs>* packed, Init&& init,
-                       Gather&& gather, Store&& store) {
+                       int64_t a_step, int64_t cols, const PackedB<acc_t, kPairs>* packed,
+                       Init&& init, Gather&& gather, Store&& store) {
   const int64_t G = p.groups, width_elems = panel_width<acc_t>();
   const int64_t panels = panels_for<acc_t>(cols);
   const int64_t pixels = height * width;
@@ -399,6 +418,7 @@ void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64
   const int64_t block_panels = t.block_panels, pixel_units = p.batch * G * tiles;
   const int64_t row_len = block_panels * width_elems;
   const int64_t tap_stride = panels * depth * width_elems;
+  TORCH_INTERNAL_ASSERT(!kPairs || a_step == 1, "tiled_gather_gemm: bfloat16 pairs must be contiguous");
 
   at::parallel_for(0, pixel_units * col_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(tile_pixels * row_len);
@@ -432,7 +452,8 @@ void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64
           if constexpr (kPairs)
             gather_gemm(GatherGemmBf16Args{rows, depth, np, a_rows.data(), c_rows.data(), b});
           else
-            gather_gemm(GatherGemmArgs<acc_t, a_t>{rows, depth, np, a_rows.data(), c_rows.data(), b});
+            gather_gemm(GatherGemmArgs<acc_t, a_t>{rows, depth, np, a_rows.data(), c_rows.data(), b,
+                                                   a_step});
         }
       }
       for_each_row_segment(pix_begin, pix_end, width,
@@ -624,14 +645,14 @@ void with_plane_type(F&& f) {
 // (depth Cig), B the tap's weights (Cig x Cog), C rows output pixels. For a
 // tap, the valid outputs are a rectangle (valid_out_range on each axis).
 template <typename scalar_t, typename acc_t, typename a_t, bool kPairs = false>
-void forward_gemm(const ConvParams& p, const NhwcRows<a_t>& x, int64_t depth,
+void forward_gemm(const ConvParams& p, const PixelRows<a_t>& x, int64_t depth,
                   const PackedB<acc_t, kPairs>* packed,
                   const acc_t* bias, Tensor& out) {
   const int64_t cog = p.out_channels_per_group();
   const Strides4 os(out);
   scalar_t* out_data = out.data_ptr<scalar_t>();
   tiled_gather_gemm<acc_t, a_t, kPairs>(
-      p, p.out_height, p.out_width, depth, cog, packed,
+      p, p.out_height, p.out_width, depth, x.step(), cog, packed,
       [&](int64_t g, int64_t co) { return bias ? bias[g * cog + co] : acc_t(0); },
       [&](int64_t n, int64_t g, int64_t kh, int64_t kw, int64_t oh, int64_t ow0, int64_t ow1,
           auto&& emit) {
@@ -784,11 +805,14 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
       const int64_t depth = p.in_channels_per_group();
       if (widen_in_gemm<scalar_t, acc_t>(p, p.out_height * p.out_width, p.out_channels_per_group())) {
         const Tensor x = to_nhwc<scalar_t>(input);  // channels_last: in place
-        forward_gemm<scalar_t, acc_t, scalar_t>(p, nhwc_rows<scalar_t>(x, p.groups), depth,
+        forward_gemm<scalar_t, acc_t, scalar_t>(p, pixel_rows<scalar_t>(x, p.groups), depth,
                                                 w.data_ptr<acc_t>(), bias_ptr, out);
+      } else if (gemm_reads_in_place<scalar_t, acc_t>()) {
+        forward_gemm<scalar_t, acc_t, acc_t>(p, pixel_rows<acc_t>(input, p.groups), depth,
+                                             w.data_ptr<acc_t>(), bias_ptr, out);
       } else {
         const Tensor x = to_nhwc<acc_t>(input);
-        forward_gemm<scalar_t, acc_t, acc_t>(p, nhwc_rows<acc_t>(x, p.groups), depth,
+        forward_gemm<scalar_t, acc_t, acc_t>(p, pixel_rows<acc_t>(x, p.groups), depth,
                                              w.data_ptr<acc_t>(), bias_ptr, out);
       }
     }
@@ -804,13 +828,13 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
 // tap's transposed weights (Cog x Cig), C rows input pixels. Input pixels no
 // tap reaches keep their zero init.
 template <typename scalar_t, typename acc_t, typename a_t, bool kPairs = false>
-void grad_input_gemm(const ConvParams& p, const NhwcRows<a_t>& gy, int64_t depth,
+void grad_input_gemm(const ConvParams& p, const PixelRows<a_t>& gy, int64_t depth,
                      const PackedB<acc_t, kPairs>* packed_t, Tensor& grad_input) {
   const int64_t cig = p.in_channels_per_group();
   const Strides4 gs(grad_input);
   scalar_t* gi_data = grad_input.data_ptr<scalar_t>();
   tiled_gather_gemm<acc_t, a_t, kPairs>(
-      p, p.in_height, p.in_width, depth, cig, packed_t,
+      p, p.in_height, p.in_width, depth, gy.step(), cig, packed_t,
       [&](int64_t, int64_t) { return acc_t(0); },
       [&](int64_t n, int64_t g, int64_t kh, int64_t kw, int64_t ih, int64_t iw0, int64_t iw1,
           auto&& emit) {
@@ -1332,7 +1356,8 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
     using acc_t = at::opmath_type<scalar_t>;
     const bool depthwise = p.in_channels_per_group() == 1;
     // grad_output as NHWC rows, each made once and only if a path below reads
-    // it: in acc_t where a depthwise kernel or grad_input wants float rows
+    // it (a float or double grad_input reads grad_output in place, see
+    // gemm_reads_in_place): in acc_t where a depthwise kernel or grad_input wants float rows
     // (depthwise_reads_16bit / widen_in_gemm false for a 16-bit tensor), in
     // its own dtype for the other paths and grad_bias (16-bit rows are
     // widened as they are read; a channels_last grad_output is used in
@@ -1364,10 +1389,13 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
         const Tensor w = pack_weight_panels<acc_t, panel_width<acc_t>(), 1>(weight, p, /*transposed=*/true);
         const int64_t depth = p.out_channels_per_group();
         if (widen_in_gemm<scalar_t, acc_t>(p, p.in_height * p.in_width, p.in_channels_per_group()))
-          grad_input_gemm<scalar_t, acc_t, scalar_t>(p, nhwc_rows<scalar_t>(gy_own_rows(), p.groups),
+          grad_input_gemm<scalar_t, acc_t, scalar_t>(p, pixel_rows<scalar_t>(gy_own_rows(), p.groups),
                                                      depth, w.data_ptr<acc_t>(), grad_input);
+        else if (gemm_reads_in_place<scalar_t, acc_t>())
+          grad_input_gemm<scalar_t, acc_t, acc_t>(p, pixel_rows<acc_t>(grad_output, p.groups),
+                                                  depth, w.data_ptr<acc_t>(), grad_input);
         else
-          grad_input_gemm<scalar_t, acc_t, acc_t>(p, nhwc_rows<acc_t>(gy_acc_rows(), p.groups),
+          grad_input_gemm<scalar_t, acc_t, acc_t>(p, pixel_rows<acc_t>(gy_acc_rows(), p.groups),
                                                   depth, w.data_ptr<acc_t>(), grad_input);
       }
     }

@@ -63,9 +63,11 @@ inline int64_t depth_block(int64_t panels) {
 // MR * NP * (64 / VB) FMAs. Two panels halve the A traffic per FMA, which
 // otherwise runs at a 4-byte broadcast per 64-byte FMA from L2.
 
-template <typename T, int VB, int MR>
-inline void micro_tile(const T* const* a_rows, T* const* c_rows, int64_t col, const T* b,
-                       int64_t k_begin, int64_t k_count) {
+// a_step is std::integral_constant<int64_t, 1> for contiguous A rows (the
+// NHWC path, whose addressing then stays a scaled k) or a run-time int64_t.
+template <typename T, int VB, int MR, typename Step>
+inline void micro_tile(const T* const* a_rows, Step a_step, T* const* c_rows, int64_t col,
+                       const T* b, int64_t k_begin, int64_t k_count) {
   using V = typename Vec<T, VB>::type;
   constexpr int NV = kPanelBytes / VB;  // vectors per panel row
   constexpr int lanes = VB / sizeof(T);
@@ -73,12 +75,14 @@ inline void micro_tile(const T* const* a_rows, T* const* c_rows, int64_t col, co
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) std::memcpy(&acc[i][v], c_rows[i] + col + v * lanes, VB);
   const T* a[MR];
-  for (int i = 0; i < MR; ++i) a[i] = a_rows[i] + k_begin;
-  for (int64_t k = 0; k < k_count; ++k) {
+  for (int i = 0; i < MR; ++i) a[i] = a_rows[i] + k_begin * a_step;
+  // One offset for every row: A[i][k] is a[i][k * a_step].
+  int64_t a_offset = 0;
+  for (int64_t k = 0; k < k_count; ++k, a_offset += a_step) {
     V bv[NV];
     for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + k * panel_width<T>() + v * lanes, VB);
     for (int i = 0; i < MR; ++i) {
-      const T ai = a[i][k];
+      const T ai = std::is_integral_v<Step> ? a[i][a_offset] : a[i][k];
       for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];
     }
   }
@@ -86,17 +90,136 @@ inline void micro_tile(const T* const* a_rows, T* const* c_rows, int64_t col, co
     for (int v = 0; v < NV; ++v) std::memcpy(c_rows[i] + col + v * lanes, &acc[i][v], VB);
 }
 
-template <typename T, int VB, int MR>
-inline void tail_tile(int rows, const T* const* a_rows, T* const* c_rows, int64_t col, const T* b,
-                      int64_t k_begin, int64_t k_count) {
+template <typename T, int VB, int MR, typename Step>
+inline void tail_tile(int rows, const T* const* a_rows, Step a_step, T* const* c_rows,
+                      int64_t col, const T* b, int64_t k_begin, int64_t k_count) {
   // Rows left over after the full MR tiles, peeled one size at a time so each
   // call still has a compile-time tile height.
   if constexpr (MR > 1) {
     if (rows == MR - 1) {
-      micro_tile<T, VB, MR - 1>(a_rows, c_rows, col, b, k_begin, k_count);
+      micro_tile<T, VB, MR - 1, Step>(a_rows, a_step, c_rows, col, b, k_begin, k_count);
       return;
     }
-    tail_tile<T, VB, MR - 1>(rows, a_rows, c_rows, col, b, k_begin, k_count);
+    tail_tile<T, VB, MR - 1, Step>(rows, a_rows, a_step, c_rows, col, b, k_begin, k_count);
+  }
+}
+
+// ------------------------------------------------- A read along planes --
+//
+// With a_step > 1 (an NCHW operand, a_step = H * W) each k of a micro-tile's
+// A reads a different cache line per row, a plane apart, where an NHWC row
+// streams k contiguously: the MR x 1-panel tile then measured 10-15% slower
+// than copying A to NHWC first (bench/NOTES.md). But the rows a tap gathers
+// are mostly runs of consecutive pixels of one image row, A[m + i][k] =
+// A[m][k] + i, so a run tile of R rows reads its R values of each k from one
+// or two cache lines through a single pointer, and covers NP panels:
+// R * NP * (64 / VB) FMAs per k for NP vector loads of B and R broadcasts
+// that share their lines. Rows outside runs of R take the pointer tiles.
+template <typename T, int VB, int R, int NP>
+inline void run_tile(const T* a_row0, int64_t a_step, T* const* c_rows, int64_t col, const T* b,
+                     int64_t b_panel_stride, int64_t k_begin, int64_t k_count) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int NV = kPanelBytes / VB;  // vectors per panel row
+  constexpr int lanes = VB / sizeof(T);
+  V acc[R][NP * NV];
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < NP * NV; ++v) std::memcpy(&acc[i][v], c_rows[i] + col + v * lanes, VB);
+  const T* a = a_row0 + k_begin * a_step;
+  for (int64_t k = 0; k < k_count; ++k, a += a_step) {
+    V bv[NP * NV];
+    for (int q = 0; q < NP; ++q)
+      for (int v = 0; v < NV; ++v)
+        std::memcpy(&bv[q * NV + v], b + q * b_panel_stride + k * panel_width<T>() + v * lanes, VB);
+    for (int i = 0; i < R; ++i) {
+      const T ai = a[i];
+      for (int v = 0; v < NP * NV; ++v) acc[i][v] += ai * bv[v];
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < NP * NV; ++v) std::memcpy(c_rows[i] + col + v * lanes, &acc[i][v], VB);
+}
+
+template <typename T, int VB, int R, int NP>
+inline void run_tail_tile(int rows, const T* a_row0, int64_t a_step, T* const* c_rows, int64_t col,
+                          const T* b, int64_t b_panel_stride, int64_t k_begin, int64_t k_count) {
+  // The last rows of a run, peeled one size at a time as in tail_tile.
+  if constexpr (R > 1) {
+    if (rows == R - 1) {
+      run_tile<T, VB, R - 1, NP>(a_row0, a_step, c_rows, col, b, b_panel_stride, k_begin, k_count);
+      return;
+    }
+    run_tail_tile<T, VB, R - 1, NP>(rows, a_row0, a_step, c_rows, col, b, b_panel_stride, k_begin,
+                                    k_count);
+  }
+}
+
+template <typename T, int VB, int MR, int R, int NP>
+inline void strided_gemm_impl(const GatherGemmArgs<T>& args) {
+  constexpr int64_t kMinRun = 2;
+  const int64_t width = panel_width<T>();
+  const int64_t block = depth_block(args.panels);
+  const int64_t b_panel_stride = args.depth * width;
+  // Each row block's tiles, (first row, rows, run?): runs of R rows, and the
+  // rows between them in pointer tiles of at most MR. The loops then run as
+  // in gather_gemm_impl: depth block > row block > panels > tile.
+  struct Tile {
+    int64_t row, rows;
+    bool run;
+  };
+  thread_local std::vector<Tile> tiles;
+  thread_local std::vector<size_t> block_tiles;  // tiles of row block j: [block_tiles[j], block_tiles[j + 1])
+  tiles.clear();
+  block_tiles.clear();
+  for (int64_t m0 = 0; m0 < args.rows; m0 += kRowBlock) {
+    const int64_t m1 = args.rows - m0 < kRowBlock ? args.rows : m0 + kRowBlock;
+    block_tiles.push_back(tiles.size());
+    for (int64_t m = m0; m < m1;) {
+      // The run from m: as many rows as continue it, R at a time, the last
+      // ones in a shorter run tile; a row alone starts a pointer tile.
+      int64_t end = m + 1;
+      while (end < m1 && args.a_rows[end] == args.a_rows[end - 1] + 1) ++end;
+      const bool run = end - m >= kMinRun;
+      // Else the rows up to the next run, in pointer tiles of at most MR.
+      if (!run)
+        while (end < m1 && !(end + 1 < m1 && args.a_rows[end + 1] == args.a_rows[end] + 1)) ++end;
+      const int64_t most = run ? R : MR;
+      for (; m < end; m += std::min(most, end - m)) tiles.push_back({m, std::min(most, end - m), run});
+    }
+  }
+  block_tiles.push_back(tiles.size());
+  for (int64_t k0 = 0; k0 < args.depth; k0 += block) {
+    const int64_t kc = args.depth - k0 < block ? args.depth - k0 : block;
+    for (size_t j = 0; j + 1 < block_tiles.size(); ++j) {
+      int64_t p = 0;
+      auto panel_tiles = [&](auto np) {
+        constexpr int kNP = decltype(np)::value;
+        const T* b = args.b_panels + (p * args.depth + k0) * width;
+        for (size_t t_index = block_tiles[j]; t_index < block_tiles[j + 1]; ++t_index) {
+          const Tile& t = tiles[t_index];
+          if (t.run && t.rows == R) {
+            run_tile<T, VB, R, kNP>(args.a_rows[t.row], args.a_step, args.c_rows + t.row, p * width, b,
+                                    b_panel_stride, k0, kc);
+            continue;
+          }
+          if (t.run) {
+            run_tail_tile<T, VB, R, kNP>(static_cast<int>(t.rows), args.a_rows[t.row], args.a_step,
+                                         args.c_rows + t.row, p * width, b, b_panel_stride, k0, kc);
+            continue;
+          }
+          for (int q = 0; q < kNP; ++q) {
+            if (t.rows == MR)
+              micro_tile<T, VB, MR>(args.a_rows + t.row, args.a_step, args.c_rows + t.row,
+                                    (p + q) * width, b + q * b_panel_stride, k0, kc);
+            else
+              tail_tile<T, VB, MR>(static_cast<int>(t.rows), args.a_rows + t.row, args.a_step,
+                                   args.c_rows + t.row, (p + q) * width, b + q * b_panel_stride, k0,
+                                   kc);
+          }
+        }
+      };
+      for (; p + NP <= args.panels; p += NP) panel_tiles(std::integral_constant<int, NP>());
+      for (; p < args.panels; ++p) panel_tiles(std::integral_constant<int, 1>());
+    }
   }
 }
 
@@ -107,6 +230,8 @@ inline void gather_gemm_impl(const GatherGemmArgs<T, A>& args) {
   // 16-bit A: the block's rows widened to T, kc apart, and pointers to them
   // (per thread; unused for float and double A).
   constexpr bool kWiden = !std::is_same_v<A, T>;
+  TORCH_INTERNAL_ASSERT(args.a_step == 1, "gather_gemm_impl: A rows must be contiguous");
+  constexpr std::integral_constant<int64_t, 1> a_step;
   thread_local std::vector<T> widened;
   thread_local std::vector<const T*> widened_rows;
   if constexpr (kWiden) {
@@ -155,9 +280,9 @@ inline void gather_gemm_impl(const GatherGemmArgs<T, A>& args) {
         const T* b = args.b_panels + (p * args.depth + k0) * width;
         const int64_t col = p * width;
         for (int64_t m = m0; m < full_end; m += MR)
-          micro_tile<T, VB, MR>(a_block + (m - m0), args.c_rows + m, col, b, a_k0, kc);
+          micro_tile<T, VB, MR>(a_block + (m - m0), a_step, args.c_rows + m, col, b, a_k0, kc);
         if (full_end < m1)
-          tail_tile<T, VB, MR>(static_cast<int>(m1 - full_end), a_block + (full_end - m0),
+          tail_tile<T, VB, MR>(static_cast<int>(m1 - full_end), a_block + (full_end - m0), a_step,
                                args.c_rows + full_end, col, b, a_k0, kc);
       }
     }
@@ -257,12 +382,18 @@ constexpr int kBf16TileRows = 8;
 
 // One entry point per instruction set and argument type; `flatten` inlines
 // the generic templates into it, compiled for that instruction set.
-#define ATROUS_ISA_ENTRY_POINTS(isa, attributes, VB, MR, OUTER_MR, OUTER_NP)                     \
+#define ATROUS_ISA_ENTRY_POINTS(isa, attributes, VB, MR, RUN_R, RUN_NP, OUTER_MR, OUTER_NP)                  \
   attributes void run_##isa(const GatherGemmArgs<float>& a) {                                      \
     gather_gemm_impl<float, float, VB, MR>(a);                                                    \
   }                                                                                               \
   attributes void run_##isa(const GatherGemmArgs<double>& a) {                                     \
     gather_gemm_impl<double, double, VB, MR>(a);                                                  \
+  }                                                                                               \
+  attributes void run_strided_##isa(const GatherGemmArgs<float>& a) {                              \
+    strided_gemm_impl<float, VB, MR, RUN_R, RUN_NP>(a);                                           \
+  }                                                                                               \
+  attributes void run_strided_##isa(const GatherGemmArgs<double>& a) {                             \
+    strided_gemm_impl<double, VB, MR, RUN_R, RUN_NP>(a);                                          \
   }                                                                                               \
   attributes void run_##isa(const GatherGemmArgs<float, c10::Half>& a) {                           \
     gather_gemm_impl<float, c10::Half, VB, MR>(a);                                                \
@@ -280,12 +411,12 @@ constexpr int kBf16TileRows = 8;
     return peak_fma_impl<VB>(iters, sink);                                                        \
   }
 
-ATROUS_ISA_ENTRY_POINTS(baseline, __attribute__((flatten)), 16, 3, 3, 1)
+ATROUS_ISA_ENTRY_POINTS(baseline, __attribute__((flatten)), 16, 3, 3, 1, 3, 1)
 #if defined(__x86_64__)
-ATROUS_ISA_ENTRY_POINTS(avx2, __attribute__((target("avx2,fma"), flatten)), 32, 6, 6, 1)
+ATROUS_ISA_ENTRY_POINTS(avx2, __attribute__((target("avx2,fma"), flatten)), 32, 6, 6, 1, 6, 1)
 ATROUS_ISA_ENTRY_POINTS(avx512,
                         __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), flatten)),
-                        64, 6, 6, 2)
+                        64, 6, 12, 2, 6, 2)
 #endif
 #undef ATROUS_ISA_ENTRY_POINTS
 
@@ -754,13 +885,32 @@ void run(const Args& args) {
   }
 }
 
+// A read along planes (a_step != 1): strided_gemm_impl, in functions of its
+// own so the NHWC entry points compile exactly as they did without it.
+template <typename T>
+void run_strided(const GatherGemmArgs<T>& args) {
+  switch (active_isa()) {
+#if defined(__x86_64__)
+    case Isa::kAvx512Bf16:
+    case Isa::kAvx512:
+      return run_strided_avx512(args);
+    case Isa::kAvx2:
+      return run_strided_avx2(args);
+#endif
+    default:
+      return run_strided_baseline(args);
+  }
+}
+
 }  // namespace
 
 void gather_gemm(const GatherGemmArgs<float>& args) {
-  if (args.rows > 0 && args.depth > 0 && args.panels > 0) run(args);
+  if (args.rows <= 0 || args.depth <= 0 || args.panels <= 0) return;
+  args.a_step == 1 ? run(args) : run_strided(args);
 }
 void gather_gemm(const GatherGemmArgs<double>& args) {
-  if (args.rows > 0 && args.depth > 0 && args.panels > 0) run(args);
+  if (args.rows <= 0 || args.depth <= 0 || args.panels <= 0) return;
+  args.a_step == 1 ? run(args) : run_strided(args);
 }
 void gather_gemm(const GatherGemmArgs<float, c10::Half>& args) {
   if (args.rows > 0 && args.depth > 0 && args.panels > 0) run(args);

@@ -35,14 +35,20 @@ inline int64_t panels_for(int64_t columns) {
 // (row block x depth block) is then widened once into float scratch that
 // every panel reads (the next block's rows are prefetched meanwhile), so a
 // 16-bit operand needs no float copy of its own.
+//
+// A rows need not be contiguous: A[m][k] is a_rows[m][k * a_step], so an
+// NCHW tensor is read where it lies (a_step = the plane size: each k is the
+// same pixel one channel further), as well as NHWC rows (a_step = 1). 16-bit
+// A must be contiguous (a_step = 1).
 template <typename T, typename A = T>
 struct GatherGemmArgs {
   int64_t rows;            // M
   int64_t depth;           // K
   int64_t panels;          // N / panel_width, N padded up
-  const A* const* a_rows;  // rows pointers to depth contiguous values
+  const A* const* a_rows;  // rows pointers to depth values, a_step apart
   T* const* c_rows;        // rows pointers to panels*panel_width contiguous values
   const T* b_panels;       // [panels][depth][panel_width]
+  int64_t a_step = 1;      // elements between A[m][k] and A[m][k + 1]
 };
 
 void gather_gemm(const GatherGemmArgs<float>& args);
