@@ -115,6 +115,10 @@ inline void tail_tile(int rows, const T* const* a_rows, Step a_step, T* const* c
 // or two cache lines through a single pointer, and covers NP panels:
 // R * NP * (64 / VB) FMAs per k for NP vector loads of B and R broadcasts
 // that share their lines. Rows outside runs of R take the pointer tiles.
+// Planes ahead that a run tile prefetches its A lines: 2-5% on ASPP OS16 and
+// layer4 NCHW forwards, level elsewhere (16 and 32 measured alike).
+constexpr int64_t kRunPrefetch = 16;
+
 template <typename T, int VB, int R, int NP>
 inline void run_tile(const T* a_row0, int64_t a_step, T* const* c_rows, int64_t col, const T* b,
                      int64_t b_panel_stride, int64_t k_begin, int64_t k_count) {
@@ -126,6 +130,10 @@ inline void run_tile(const T* a_row0, int64_t a_step, T* const* c_rows, int64_t 
     for (int v = 0; v < NP * NV; ++v) std::memcpy(&acc[i][v], c_rows[i] + col + v * lanes, VB);
   const T* a = a_row0 + k_begin * a_step;
   for (int64_t k = 0; k < k_count; ++k, a += a_step) {
+    // The run's line(s) kRunPrefetch planes ahead (a prefetch past the end of
+    // the operand is harmless).
+    __builtin_prefetch(a + kRunPrefetch * a_step, 0, 3);
+    __builtin_prefetch(a + kRunPrefetch * a_step + R - 1, 0, 3);
     V bv[NP * NV];
     for (int q = 0; q < NP; ++q)
       for (int v = 0; v < NV; ++v)
