@@ -368,14 +368,25 @@ bool widen_in_gemm(const ConvParams& p, int64_t pixels, int64_t cols) {
   }
 }
 
-// float and double A operands are read where they lie, in any layout
-// (PixelRows): NCHW planes through gather_gemm's a_step, at the speed of an
-// NHWC copy or better (bench/NOTES.md, session 6), so the forward and
-// grad_input need no workspace beyond the packed weights. 16-bit operands
-// are widened, from an NHWC copy or block by block inside gather_gemm.
+// float and double A operands are read where they lie (PixelRows) when
+// their channels are contiguous (channels_last), or when they are planes
+// whose gathered rows form runs of consecutive pixels: gather_gemm's run
+// tiles then match or beat an NHWC copy (bench/NOTES.md, session 6), and the
+// forward and grad_input need no workspace beyond the packed weights.
+// `pixel_step` is the distance between the A rows of neighbouring pixels of
+// a C row: the input's column stride times the conv stride for the
+// forward, grad_output's column stride for grad_input (neighbouring valid
+// input pixels read neighbouring output pixels). Planes without runs (a
+// strided forward: pointer tiles measured 20% slower than the copy) and
+// 16-bit operands (widened from an NHWC copy, or block by block inside
+// gather_gemm) take NHWC rows.
 template <typename scalar_t, typename acc_t>
-constexpr bool gemm_reads_in_place() {
-  return std::is_same_v<scalar_t, acc_t>;
+bool gemm_reads_in_place(const Tensor& operand, int64_t pixel_step) {
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+    return false;
+  } else {
+    return operand.stride(1) == 1 || pixel_step == 1;
+  }
 }
 
 // The forward and grad_input share one driver. Both compute, for every pixel
@@ -807,7 +818,7 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
         const Tensor x = to_nhwc<scalar_t>(input);  // channels_last: in place
         forward_gemm<scalar_t, acc_t, scalar_t>(p, pixel_rows<scalar_t>(x, p.groups), depth,
                                                 w.data_ptr<acc_t>(), bias_ptr, out);
-      } else if (gemm_reads_in_place<scalar_t, acc_t>()) {
+      } else if (gemm_reads_in_place<scalar_t, acc_t>(input, input.stride(3) * p.stride_w)) {
         forward_gemm<scalar_t, acc_t, acc_t>(p, pixel_rows<acc_t>(input, p.groups), depth,
                                              w.data_ptr<acc_t>(), bias_ptr, out);
       } else {
@@ -1391,7 +1402,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
         if (widen_in_gemm<scalar_t, acc_t>(p, p.in_height * p.in_width, p.in_channels_per_group()))
           grad_input_gemm<scalar_t, acc_t, scalar_t>(p, pixel_rows<scalar_t>(gy_own_rows(), p.groups),
                                                      depth, w.data_ptr<acc_t>(), grad_input);
-        else if (gemm_reads_in_place<scalar_t, acc_t>())
+        else if (gemm_reads_in_place<scalar_t, acc_t>(grad_output, grad_output.stride(3)))
           grad_input_gemm<scalar_t, acc_t, acc_t>(p, pixel_rows<acc_t>(grad_output, p.groups),
                                                   depth, w.data_ptr<acc_t>(), grad_input);
         else
