@@ -399,12 +399,13 @@ def test_grad_weight_reads_nchw_planes_in_place(isa, dtype, layout, restore_cpu_
         assert_matches(gb, ref_gb, dtype, f"{case.id} grad_bias")
 
 
-# The forward and grad_input read float and double x and grad_y where they lie
-# too when the rows they gather form runs of consecutive pixels (a forward of
-# stride 1, any grad_input; the pixel_step view and strided forwards copy to
-# NHWC): gather_gemm with a_step = the plane size. Runs take run tiles (12 rows
-# x 2 panels on AVX-512, their tails peeled one size at a time), lone rows
-# pointer tiles; the views and cases above break runs in every way.
+# On AVX-512 the forward and grad_input read float and double x and grad_y
+# where they lie too when the rows they gather form runs of consecutive pixels
+# (a forward of stride 1, any grad_input; the pixel_step view and strided
+# forwards copy to NHWC, as every plane operand does on AVX2 and the baseline):
+# gather_gemm with a_step = the plane size. Runs take run tiles of 12 rows x 2
+# panels (their tails peeled one size at a time), lone rows pointer tiles; the
+# views and cases above break runs in every way.
 @pytest.mark.parametrize("isa", CPU_ISAS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("layout", PLANE_VIEWS.values(), ids=PLANE_VIEWS.keys())

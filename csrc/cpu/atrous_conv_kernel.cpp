@@ -372,7 +372,8 @@ bool widen_in_gemm(const ConvParams& p, int64_t pixels, int64_t cols) {
 // their channels are contiguous (channels_last), or when they are planes
 // whose gathered rows form runs of consecutive pixels: gather_gemm's run
 // tiles then match or beat an NHWC copy (bench/NOTES.md, session 6), and the
-// forward and grad_input need no workspace beyond the packed weights.
+// forward and grad_input need no workspace beyond the packed weights (on
+// AVX-512: elsewhere the copy is faster, see cpu::gather_gemm_reads_planes).
 // `pixel_step` is the distance between the A rows of neighbouring pixels of
 // a C row: the input's column stride times the conv stride for the
 // forward, grad_output's column stride for grad_input (neighbouring valid
@@ -385,7 +386,7 @@ bool gemm_reads_in_place(const Tensor& operand, int64_t pixel_step) {
   if constexpr (!std::is_same_v<scalar_t, acc_t>) {
     return false;
   } else {
-    return operand.stride(1) == 1 || pixel_step == 1;
+    return operand.stride(1) == 1 || (pixel_step == 1 && cpu::gather_gemm_reads_planes());
   }
 }
 

@@ -58,11 +58,11 @@ inline int64_t depth_block(int64_t panels) {
   return fit < kMinDepthBlock ? kMinDepthBlock : (fit > kDepthBlock ? kDepthBlock : fit);
 }
 
-// An MR-row x NP-panel tile of C: per k it loads NP B panel rows (the panels
-// are b_stride values apart), broadcasts MR values of A and issues
-// MR * NP * (64 / VB) FMAs. Two panels halve the A traffic per FMA, which
-// otherwise runs at a 4-byte broadcast per 64-byte FMA from L2.
-
+// An MR-row x 1-panel tile of C: per k it loads the panel's B row,
+// broadcasts MR values of A and issues MR * (64 / VB) FMAs. (Two panels per
+// tile, halving the A broadcasts per FMA, measured no faster on NHWC rows:
+// bench/NOTES.md.)
+//
 // a_step is std::integral_constant<int64_t, 1> for contiguous A rows (the
 // NHWC path, whose addressing then stays a scaled k) or a run-time int64_t.
 template <typename T, int VB, int MR, typename Step>
@@ -390,18 +390,12 @@ constexpr int kBf16TileRows = 8;
 
 // One entry point per instruction set and argument type; `flatten` inlines
 // the generic templates into it, compiled for that instruction set.
-#define ATROUS_ISA_ENTRY_POINTS(isa, attributes, VB, MR, RUN_R, RUN_NP, OUTER_MR, OUTER_NP)                  \
+#define ATROUS_ISA_ENTRY_POINTS(isa, attributes, VB, MR, OUTER_MR, OUTER_NP)                     \
   attributes void run_##isa(const GatherGemmArgs<float>& a) {                                      \
     gather_gemm_impl<float, float, VB, MR>(a);                                                    \
   }                                                                                               \
   attributes void run_##isa(const GatherGemmArgs<double>& a) {                                     \
     gather_gemm_impl<double, double, VB, MR>(a);                                                  \
-  }                                                                                               \
-  attributes void run_strided_##isa(const GatherGemmArgs<float>& a) {                              \
-    strided_gemm_impl<float, VB, MR, RUN_R, RUN_NP>(a);                                           \
-  }                                                                                               \
-  attributes void run_strided_##isa(const GatherGemmArgs<double>& a) {                             \
-    strided_gemm_impl<double, VB, MR, RUN_R, RUN_NP>(a);                                          \
   }                                                                                               \
   attributes void run_##isa(const GatherGemmArgs<float, c10::Half>& a) {                           \
     gather_gemm_impl<float, c10::Half, VB, MR>(a);                                                \
@@ -419,14 +413,28 @@ constexpr int kBf16TileRows = 8;
     return peak_fma_impl<VB>(iters, sink);                                                        \
   }
 
-ATROUS_ISA_ENTRY_POINTS(baseline, __attribute__((flatten)), 16, 3, 3, 1, 3, 1)
+ATROUS_ISA_ENTRY_POINTS(baseline, __attribute__((flatten)), 16, 3, 3, 1)
 #if defined(__x86_64__)
-ATROUS_ISA_ENTRY_POINTS(avx2, __attribute__((target("avx2,fma"), flatten)), 32, 6, 6, 1, 6, 1)
+ATROUS_ISA_ENTRY_POINTS(avx2, __attribute__((target("avx2,fma"), flatten)), 32, 6, 6, 1)
 ATROUS_ISA_ENTRY_POINTS(avx512,
                         __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), flatten)),
-                        64, 6, 12, 2, 6, 2)
+                        64, 6, 6, 2)
 #endif
 #undef ATROUS_ISA_ENTRY_POINTS
+
+// A read along planes: AVX-512 only (see gather_gemm_reads_planes), with run
+// tiles of 12 rows x 2 panels (24 of the 32 registers; 14 rows measured
+// slower) and pointer tiles of 6 rows.
+#if defined(__x86_64__)
+#define ATROUS_AVX512_ATTRIBUTES __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), flatten))
+ATROUS_AVX512_ATTRIBUTES void run_strided_avx512(const GatherGemmArgs<float>& a) {
+  strided_gemm_impl<float, 64, 6, 12, 2>(a);
+}
+ATROUS_AVX512_ATTRIBUTES void run_strided_avx512(const GatherGemmArgs<double>& a) {
+  strided_gemm_impl<double, 64, 6, 12, 2>(a);
+}
+#undef ATROUS_AVX512_ATTRIBUTES
+#endif
 
 // ------------------------------------------- bfloat16 pairs (AVX512_BF16) --
 //
@@ -897,20 +905,19 @@ void run(const Args& args) {
 // own so the NHWC entry points compile exactly as they did without it.
 template <typename T>
 void run_strided(const GatherGemmArgs<T>& args) {
-  switch (active_isa()) {
+  TORCH_INTERNAL_ASSERT(gather_gemm_reads_planes(), "gather_gemm: A with a step of ", args.a_step,
+                        " on an instruction set without run tiles");
 #if defined(__x86_64__)
-    case Isa::kAvx512Bf16:
-    case Isa::kAvx512:
-      return run_strided_avx512(args);
-    case Isa::kAvx2:
-      return run_strided_avx2(args);
+  run_strided_avx512(args);
 #endif
-    default:
-      return run_strided_baseline(args);
-  }
 }
 
 }  // namespace
+
+bool gather_gemm_reads_planes() {
+  const Isa isa = active_isa();
+  return isa == Isa::kAvx512 || isa == Isa::kAvx512Bf16;
+}
 
 void gather_gemm(const GatherGemmArgs<float>& args) {
   if (args.rows <= 0 || args.depth <= 0 || args.panels <= 0) return;
