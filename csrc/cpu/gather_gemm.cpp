@@ -129,17 +129,19 @@ inline void run_tile(const T* a_row0, int64_t a_step, T* const* c_rows, int64_t 
   for (int i = 0; i < R; ++i)
     for (int v = 0; v < NP * NV; ++v) std::memcpy(&acc[i][v], c_rows[i] + col + v * lanes, VB);
   const T* a = a_row0 + k_begin * a_step;
-  for (int64_t k = 0; k < k_count; ++k, a += a_step) {
-    // The run's line(s) kRunPrefetch planes ahead (a prefetch past the end of
-    // the operand is harmless).
-    __builtin_prefetch(a + kRunPrefetch * a_step, 0, 3);
-    __builtin_prefetch(a + kRunPrefetch * a_step + R - 1, 0, 3);
+  // The run's line(s) kRunPrefetch planes ahead, as integers: those
+  // addresses may lie past the operand (a prefetch never faults).
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(a) + kRunPrefetch * a_step * sizeof(T);
+  const uintptr_t step_bytes = a_step * sizeof(T);
+  for (int64_t k = 0, offset = 0; k < k_count; ++k, offset += a_step) {
+    __builtin_prefetch(reinterpret_cast<const void*>(ahead + k * step_bytes), 0, 3);
+    __builtin_prefetch(reinterpret_cast<const void*>(ahead + k * step_bytes + (R - 1) * sizeof(T)), 0, 3);
     V bv[NP * NV];
     for (int q = 0; q < NP; ++q)
       for (int v = 0; v < NV; ++v)
         std::memcpy(&bv[q * NV + v], b + q * b_panel_stride + k * panel_width<T>() + v * lanes, VB);
     for (int i = 0; i < R; ++i) {
-      const T ai = a[i];
+      const T ai = a[offset + i];
       for (int v = 0; v < NP * NV; ++v) acc[i][v] += ai * bv[v];
     }
   }
