@@ -108,13 +108,14 @@ inline void tail_tile(int rows, const T* const* a_rows, Step a_step, T* const* c
 //
 // With a_step > 1 (an NCHW operand, a_step = H * W) each k of a micro-tile's
 // A reads a different cache line per row, a plane apart, where an NHWC row
-// streams k contiguously: the MR x 1-panel tile then measured 10-15% slower
+// streams k contiguously: the MR x 1-panel tile then measured 10-25% slower
 // than copying A to NHWC first (bench/NOTES.md). But the rows a tap gathers
 // are mostly runs of consecutive pixels of one image row, A[m + i][k] =
 // A[m][k] + i, so a run tile of R rows reads its R values of each k from one
 // or two cache lines through a single pointer, and covers NP panels:
 // R * NP * (64 / VB) FMAs per k for NP vector loads of B and R broadcasts
-// that share their lines. Rows outside runs of R take the pointer tiles.
+// that share their lines. Rows that continue no run take the pointer tiles.
+
 // Planes ahead that a run tile prefetches its A lines: 2-5% on ASPP OS16 and
 // layer4 NCHW forwards, level elsewhere (16 and 32 measured alike).
 constexpr int64_t kRunPrefetch = 16;
@@ -163,15 +164,16 @@ inline void run_tail_tile(int rows, const T* a_row0, int64_t a_step, T* const* c
   }
 }
 
+// gather_gemm_impl's loops (depth block > row block > panels > tile) over
+// tiles found once per call: each run of two or more consecutive pixels in
+// run tiles of at most R rows, the rows between runs in pointer tiles of at
+// most MR. Panels go NP at a time through run tiles, one at a time through
+// pointer tiles. Every C element still sums k in order.
 template <typename T, int VB, int MR, int R, int NP>
 inline void strided_gemm_impl(const GatherGemmArgs<T>& args) {
-  constexpr int64_t kMinRun = 2;
   const int64_t width = panel_width<T>();
   const int64_t block = depth_block(args.panels);
   const int64_t b_panel_stride = args.depth * width;
-  // Each row block's tiles, (first row, rows, run?): runs of R rows, and the
-  // rows between them in pointer tiles of at most MR. The loops then run as
-  // in gather_gemm_impl: depth block > row block > panels > tile.
   struct Tile {
     int64_t row, rows;
     bool run;
@@ -183,15 +185,15 @@ inline void strided_gemm_impl(const GatherGemmArgs<T>& args) {
   for (int64_t m0 = 0; m0 < args.rows; m0 += kRowBlock) {
     const int64_t m1 = args.rows - m0 < kRowBlock ? args.rows : m0 + kRowBlock;
     block_tiles.push_back(tiles.size());
+    auto continues = [&](int64_t m) { return args.a_rows[m] == args.a_rows[m - 1] + 1; };
     for (int64_t m = m0; m < m1;) {
-      // The run from m: as many rows as continue it, R at a time, the last
-      // ones in a shorter run tile; a row alone starts a pointer tile.
+      // [m, end): the run from m, or, if row m + 1 does not continue it, the
+      // rows before the next run.
       int64_t end = m + 1;
-      while (end < m1 && args.a_rows[end] == args.a_rows[end - 1] + 1) ++end;
-      const bool run = end - m >= kMinRun;
-      // Else the rows up to the next run, in pointer tiles of at most MR.
+      while (end < m1 && continues(end)) ++end;
+      const bool run = end - m >= 2;
       if (!run)
-        while (end < m1 && !(end + 1 < m1 && args.a_rows[end + 1] == args.a_rows[end] + 1)) ++end;
+        while (end < m1 && !(end + 1 < m1 && continues(end + 1))) ++end;
       const int64_t most = run ? R : MR;
       for (; m < end; m += std::min(most, end - m)) tiles.push_back({m, std::min(most, end - m), run});
     }
@@ -206,14 +208,13 @@ inline void strided_gemm_impl(const GatherGemmArgs<T>& args) {
         const T* b = args.b_panels + (p * args.depth + k0) * width;
         for (size_t t_index = block_tiles[j]; t_index < block_tiles[j + 1]; ++t_index) {
           const Tile& t = tiles[t_index];
-          if (t.run && t.rows == R) {
-            run_tile<T, VB, R, kNP>(args.a_rows[t.row], args.a_step, args.c_rows + t.row, p * width, b,
-                                    b_panel_stride, k0, kc);
-            continue;
-          }
           if (t.run) {
-            run_tail_tile<T, VB, R, kNP>(static_cast<int>(t.rows), args.a_rows[t.row], args.a_step,
-                                         args.c_rows + t.row, p * width, b, b_panel_stride, k0, kc);
+            if (t.rows == R)
+              run_tile<T, VB, R, kNP>(args.a_rows[t.row], args.a_step, args.c_rows + t.row, p * width,
+                                      b, b_panel_stride, k0, kc);
+            else
+              run_tail_tile<T, VB, R, kNP>(static_cast<int>(t.rows), args.a_rows[t.row], args.a_step,
+                                           args.c_rows + t.row, p * width, b, b_panel_stride, k0, kc);
             continue;
           }
           for (int q = 0; q < kNP; ++q) {
