@@ -137,15 +137,18 @@ def restore_cpu_isa():
 
 
 @pytest.mark.parametrize("isa", ["avx512_bf16", "avx512", "avx2", "baseline"])
+@pytest.mark.parametrize("side", [47, 64], ids=["47x47", "64x64"])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_forward_and_grad_input_need_only_the_packed_weights(pool_limit, restore_cpu_isa, isa, memory_format,
-                                                             dtype):
+                                                             side, dtype):
     """Extra memory no larger than the output plus one packed copy of the
     weights: the input (forward) and grad_output (grad_input) are read where
     they lie, channels_last on every instruction set and NCHW planes on
     AVX-512 (cpu::gather_gemm_reads_planes; on AVX2 and the baseline an NHWC
-    copy measured faster, and is made). The packed weights here (256 x 16 x 9
+    copy measured faster, and is made) unless the planes alias in the L1
+    cache: a 64 x 64 plane is a multiple of 4 KiB, so 64 channels' lines would
+    share one set, and is copied too. The packed weights here (256 x 16 x 9
     values) are below the pool's 1 MiB floor, so the pool holds nothing but
     such a copy."""
     available = atrous_cuda.build_info()["cpu_isas_available"].split(",")
@@ -153,14 +156,14 @@ def test_forward_and_grad_input_need_only_the_packed_weights(pool_limit, restore
         pytest.skip(f"this CPU does not support {isa} (available: {available})")
     atrous_cuda._C.set_cpu_isa(isa)
     atrous_cuda.set_cpu_workspace_cache_limit(256 * MiB)
-    reads_planes = memory_format == torch.channels_last or isa.startswith("avx512")
-    x, w, _ = random_conv_inputs((1, 256, 48, 48), (16, 256, 3, 3), dtype=dtype, seed=1)
+    reads_planes = memory_format == torch.channels_last or (isa.startswith("avx512") and side == 47)
+    x, w, _ = random_conv_inputs((1, 256, side, side), (16, 256, 3, 3), dtype=dtype, seed=1)
     copy_bytes = 0 if reads_planes else x.numel() * x.element_size()
     y = atrous_conv(x.contiguous(memory_format=memory_format), w, None, padding=6, dilation=6)
     assert _C.cpu_workspace_cache_bytes() == copy_bytes, "forward"
     _C.empty_cpu_workspace_cache()
-    gy = torch.randn(1, 256, 48, 48, dtype=dtype).contiguous(memory_format=memory_format)
-    x_small = torch.randn(1, 16, 48, 48, dtype=dtype)
+    gy = torch.randn(1, 256, side, side, dtype=dtype).contiguous(memory_format=memory_format)
+    x_small = torch.randn(1, 16, side, side, dtype=dtype)
     w_wide = torch.randn(256, 16, 3, 3, dtype=dtype)
     (grad_input, _, _) = torch.ops.atrous.conv_backward(gy, x_small, w_wide, [1, 1], [6, 6, 6, 6], [6, 6],
                                                         1, [True, False, False])

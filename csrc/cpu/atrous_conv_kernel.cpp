@@ -372,8 +372,11 @@ bool widen_in_gemm(const ConvParams& p, int64_t pixels, int64_t cols) {
 // their channels are contiguous (channels_last), or when they are planes
 // whose gathered rows form runs of consecutive pixels: gather_gemm's run
 // tiles then match or beat an NHWC copy (bench/NOTES.md, session 6), and the
-// forward and grad_input need no workspace beyond the packed weights (on
-// AVX-512: elsewhere the copy is faster, see cpu::gather_gemm_reads_planes).
+// forward and grad_input need no workspace beyond the packed weights. That
+// holds on AVX-512 (cpu::gather_gemm_reads_planes; elsewhere the copy is
+// faster), and where the planes do not alias in the L1 cache
+// (planes_spread_over_l1).
+//
 // `pixel_step` is the distance between the A rows of neighbouring pixels of
 // a C row: the input's column stride times the conv stride for the
 // forward, grad_output's column stride for grad_input (neighbouring valid
@@ -381,12 +384,34 @@ bool widen_in_gemm(const ConvParams& p, int64_t pixels, int64_t cols) {
 // strided forward: pointer tiles measured 20% slower than the copy) and
 // 16-bit operands (widened from an NHWC copy, or block by block inside
 // gather_gemm) take NHWC rows.
+//
+// A run tile keeps the lines of a depth block of channels (one per channel,
+// a plane apart) cached while it passes over the panels. Addresses 4 KiB
+// apart share an L1 set (64 sets of 8 ways here), so planes a multiple of
+// 2-4 KiB long (64 x 64, 32 x 32, 256 x 512 float maps) put 64 channels'
+// lines into one or two sets: grad_input then measured 5-8% slower than the
+// copy (64 x 64 maps, and the suite's 64-channel 256 x 512 map), while 16
+// lines a set (48 x 48) or fewer (65 x 65: 2; WaveNet's 16000: 8) ran level
+// or faster.
+constexpr int64_t kL1Sets = 64, kMostLinesPerL1Set = 16;
+
+template <typename T>
+bool planes_spread_over_l1(int64_t plane_elems) {
+  const int64_t plane_bytes = plane_elems * static_cast<int64_t>(sizeof(T));
+  int64_t lines_in_set[kL1Sets] = {}, most = 0;
+  for (int64_t k = 0; k < kL1Sets; ++k)  // 64 consecutive channels of one pixel
+    most = std::max(most, ++lines_in_set[(k * plane_bytes / cpu::kPanelBytes) % kL1Sets]);
+  return most <= kMostLinesPerL1Set;
+}
+
 template <typename scalar_t, typename acc_t>
 bool gemm_reads_in_place(const Tensor& operand, int64_t pixel_step) {
   if constexpr (!std::is_same_v<scalar_t, acc_t>) {
     return false;
   } else {
-    return operand.stride(1) == 1 || (pixel_step == 1 && cpu::gather_gemm_reads_planes());
+    if (operand.stride(1) == 1) return true;
+    return pixel_step == 1 && cpu::gather_gemm_reads_planes() &&
+           planes_spread_over_l1<acc_t>(operand.stride(1));
   }
 }
 
