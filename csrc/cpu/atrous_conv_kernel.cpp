@@ -844,11 +844,10 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
         const Tensor x = to_nhwc<scalar_t>(input);  // channels_last: in place
         forward_gemm<scalar_t, acc_t, scalar_t>(p, pixel_rows<scalar_t>(x, p.groups), depth,
                                                 w.data_ptr<acc_t>(), bias_ptr, out);
-      } else if (gemm_reads_in_place<scalar_t, acc_t>(input, input.stride(3) * p.stride_w)) {
-        forward_gemm<scalar_t, acc_t, acc_t>(p, pixel_rows<acc_t>(input, p.groups), depth,
-                                             w.data_ptr<acc_t>(), bias_ptr, out);
       } else {
-        const Tensor x = to_nhwc<acc_t>(input);
+        const Tensor x = gemm_reads_in_place<scalar_t, acc_t>(input, input.stride(3) * p.stride_w)
+                             ? input
+                             : to_nhwc<acc_t>(input);
         forward_gemm<scalar_t, acc_t, acc_t>(p, pixel_rows<acc_t>(x, p.groups), depth,
                                              w.data_ptr<acc_t>(), bias_ptr, out);
       }
@@ -1428,12 +1427,14 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
         if (widen_in_gemm<scalar_t, acc_t>(p, p.in_height * p.in_width, p.in_channels_per_group()))
           grad_input_gemm<scalar_t, acc_t, scalar_t>(p, pixel_rows<scalar_t>(gy_own_rows(), p.groups),
                                                      depth, w.data_ptr<acc_t>(), grad_input);
-        else if (gemm_reads_in_place<scalar_t, acc_t>(grad_output, grad_output.stride(3)))
-          grad_input_gemm<scalar_t, acc_t, acc_t>(p, pixel_rows<acc_t>(grad_output, p.groups),
-                                                  depth, w.data_ptr<acc_t>(), grad_input);
         else
-          grad_input_gemm<scalar_t, acc_t, acc_t>(p, pixel_rows<acc_t>(gy_acc_rows(), p.groups),
-                                                  depth, w.data_ptr<acc_t>(), grad_input);
+          grad_input_gemm<scalar_t, acc_t, acc_t>(
+              p,
+              pixel_rows<acc_t>(gemm_reads_in_place<scalar_t, acc_t>(grad_output, grad_output.stride(3))
+                                    ? grad_output
+                                    : gy_acc_rows(),
+                                p.groups),
+              depth, w.data_ptr<acc_t>(), grad_input);
       }
     }
     // grad_weight (GEMM path) and grad_bias widen what they read, so they take

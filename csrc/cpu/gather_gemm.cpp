@@ -76,13 +76,11 @@ inline void micro_tile(const T* const* a_rows, Step a_step, T* const* c_rows, in
     for (int v = 0; v < NV; ++v) std::memcpy(&acc[i][v], c_rows[i] + col + v * lanes, VB);
   const T* a[MR];
   for (int i = 0; i < MR; ++i) a[i] = a_rows[i] + k_begin * a_step;
-  // One offset for every row: A[i][k] is a[i][k * a_step].
-  int64_t a_offset = 0;
-  for (int64_t k = 0; k < k_count; ++k, a_offset += a_step) {
+  for (int64_t k = 0; k < k_count; ++k) {
     V bv[NV];
     for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + k * panel_width<T>() + v * lanes, VB);
     for (int i = 0; i < MR; ++i) {
-      const T ai = std::is_integral_v<Step> ? a[i][a_offset] : a[i][k];
+      const T ai = a[i][k * a_step];
       for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];
     }
   }
