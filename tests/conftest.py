@@ -26,6 +26,29 @@ HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
 
 
+# -------------------------------------------------------- CPU instruction sets --
+
+CPU_ISAS = ["avx512_bf16", "avx512", "avx2", "baseline"]
+
+
+@pytest.fixture
+def restore_cpu_isa():
+    """Puts the best instruction set back after a test that picks another (use_cpu_isa)."""
+    best = atrous_cuda.build_info()["cpu_isas_available"].split(",")[0]
+    yield
+    atrous_cuda._C.set_cpu_isa(best)
+    assert atrous_cuda.build_info()["cpu_isa"] == best
+
+
+def use_cpu_isa(isa):
+    """Runs the rest of the test on `isa`, or skips it (saying why) where the CPU lacks it."""
+    available = atrous_cuda.build_info()["cpu_isas_available"].split(",")
+    if isa not in available:
+        pytest.skip(f"this CPU does not support {isa} (available: {available})")
+    atrous_cuda._C.set_cpu_isa(isa)
+    assert atrous_cuda.build_info()["cpu_isa"] == isa
+
+
 def pytest_configure(config):
     # torch's own 'same' with an even kernel (used as the reference) warns about a copy.
     config.addinivalue_line("filterwarnings", "ignore:Using padding='same' with even kernel:UserWarning")

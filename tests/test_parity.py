@@ -8,6 +8,7 @@ from typing import NamedTuple
 import pytest
 import torch
 from conftest import (
+    CPU_ISAS,
     assert_matches,
     assert_results_match,
     atrous_conv,
@@ -17,6 +18,7 @@ from conftest import (
     reference_conv,
     seeded_randn,
     tf_same_pads,
+    use_cpu_isa,
 )
 
 import atrous_cuda
@@ -320,26 +322,6 @@ ISA_CASES = cases(
 )
 
 
-@pytest.fixture
-def restore_cpu_isa():
-    best = atrous_cuda.build_info()["cpu_isas_available"].split(",")[0]
-    yield
-    atrous_cuda._C.set_cpu_isa(best)
-    assert atrous_cuda.build_info()["cpu_isa"] == best
-
-
-CPU_ISAS = ["avx512_bf16", "avx512", "avx2", "baseline"]
-
-
-def use_cpu_isa(isa):
-    """Runs the rest of the test on `isa` (restore_cpu_isa puts the best one back)."""
-    available = atrous_cuda.build_info()["cpu_isas_available"].split(",")
-    if isa not in available:
-        pytest.skip(f"this CPU does not support {isa} (available: {available})")
-    atrous_cuda._C.set_cpu_isa(isa)
-    assert atrous_cuda.build_info()["cpu_isa"] == isa
-
-
 @pytest.mark.parametrize("isa", CPU_ISAS)
 @pytest.mark.parametrize(
     "dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=["float64", "float32", "bfloat16", "float16"]
@@ -377,19 +359,30 @@ PLANE_VIEWS = {  # name: (view, the shape to make so that the view has a given s
 }
 
 
+def viewed_case_inputs(case, layout, dtype):
+    """x, w, b of `case` with x seen through the layout's view, and a function
+    giving a grad_output of a shape through the same view."""
+    view, source_shape = layout
+    x, w, b = random_conv_inputs(source_shape(case.x_shape), case.w_shape, dtype=dtype)
+    x = view(x)
+    assert x.shape == case.x_shape
+
+    def grad_output(shape):
+        return view(seeded_randn(source_shape(tuple(shape)), dtype, seed=1))
+
+    return x, w, b, grad_output
+
+
 @pytest.mark.parametrize("isa", CPU_ISAS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("layout", PLANE_VIEWS.values(), ids=PLANE_VIEWS.keys())
 def test_grad_weight_reads_nchw_planes_in_place(isa, dtype, layout, restore_cpu_isa):
     use_cpu_isa(isa)
-    view, source_shape = layout
     for case in PLANE_CASES:
-        x, w, b = random_conv_inputs(source_shape(case.x_shape), case.w_shape, dtype=dtype)
-        x = view(x)
-        assert x.shape == case.x_shape
+        x, w, b, grad_output = viewed_case_inputs(case, layout, dtype)
         w, b = w.requires_grad_(), b.requires_grad_()
         out = atrous_conv(x, w, b, **case.kwargs)  # x needs no gradient: grad_input is not computed
-        gy = view(seeded_randn(source_shape(tuple(out.shape)), dtype, seed=1))
+        gy = grad_output(out.shape)
         gw, gb = torch.autograd.grad(out, (w, b), gy)
         rw, rb = (t.detach().double().requires_grad_() for t in (w, b))
         ref = reference_conv(x.double(), rw, rb, **case.kwargs)
@@ -411,12 +404,11 @@ def test_grad_weight_reads_nchw_planes_in_place(isa, dtype, layout, restore_cpu_
 @pytest.mark.parametrize("layout", PLANE_VIEWS.values(), ids=PLANE_VIEWS.keys())
 def test_forward_and_grad_input_read_nchw_planes_in_place(isa, dtype, layout, restore_cpu_isa):
     use_cpu_isa(isa)
-    view, source_shape = layout
     for case in PLANE_CASES:
-        x, w, b = random_conv_inputs(source_shape(case.x_shape), case.w_shape, dtype=dtype)
-        x = view(x).requires_grad_()
+        x, w, b, grad_output = viewed_case_inputs(case, layout, dtype)
+        x = x.requires_grad_()
         out = atrous_conv(x, w, b, **case.kwargs)
-        gy = view(seeded_randn(source_shape(tuple(out.shape)), dtype, seed=1))
+        gy = grad_output(out.shape)
         (gx,) = torch.autograd.grad(out, (x,), gy)
         rx = x.detach().double().requires_grad_()
         ref = reference_conv(rx, w.double(), b.double(), **case.kwargs)

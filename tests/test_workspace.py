@@ -11,7 +11,15 @@ import threading
 
 import pytest
 import torch
-from conftest import assert_bitwise_equal, assert_matches, atrous_conv, conv_and_grads, random_conv_inputs
+from conftest import (
+    CPU_ISAS,
+    assert_bitwise_equal,
+    assert_matches,
+    atrous_conv,
+    conv_and_grads,
+    random_conv_inputs,
+    use_cpu_isa,
+)
 
 import atrous_cuda
 from atrous_cuda import _C
@@ -130,13 +138,7 @@ def test_limit_from_the_environment(value, expected):
         assert limit == expected and 0 < held <= expected
 
 
-@pytest.fixture
-def restore_cpu_isa():
-    yield
-    atrous_cuda._C.set_cpu_isa(atrous_cuda.build_info()["cpu_isas_available"].split(",")[0])
-
-
-@pytest.mark.parametrize("isa", ["avx512_bf16", "avx512", "avx2", "baseline"])
+@pytest.mark.parametrize("isa", CPU_ISAS)
 @pytest.mark.parametrize("side", [47, 64], ids=["47x47", "64x64"])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
@@ -151,10 +153,7 @@ def test_forward_and_grad_input_need_only_the_packed_weights(pool_limit, restore
     share one set, and is copied too. The packed weights here (256 x 16 x 9
     values) are below the pool's 1 MiB floor, so the pool holds nothing but
     such a copy."""
-    available = atrous_cuda.build_info()["cpu_isas_available"].split(",")
-    if isa not in available:
-        pytest.skip(f"this CPU does not support {isa} (available: {available})")
-    atrous_cuda._C.set_cpu_isa(isa)
+    use_cpu_isa(isa)
     atrous_cuda.set_cpu_workspace_cache_limit(256 * MiB)
     reads_planes = memory_format == torch.channels_last or (isa.startswith("avx512") and side == 47)
     x, w, _ = random_conv_inputs((1, 256, side, side), (16, 256, 3, 3), dtype=dtype, seed=1)
