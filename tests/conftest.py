@@ -40,6 +40,16 @@ def restore_cpu_isa():
     assert atrous_cuda.build_info()["cpu_isa"] == best
 
 
+@pytest.fixture
+def two_threads():
+    """Runs the test on 2 intra-op threads (the tiling, never the results,
+    depends on the thread count), then puts the count back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 def use_cpu_isa(isa):
     """Runs the rest of the test on `isa`, or skips it (saying why) where the CPU lacks it."""
     available = atrous_cuda.build_info()["cpu_isas_available"].split(",")

@@ -405,16 +405,47 @@ def test_grad_weight_reads_nchw_planes_in_place(isa, dtype, layout, restore_cpu_
 def test_forward_and_grad_input_read_nchw_planes_in_place(isa, dtype, layout, restore_cpu_isa):
     use_cpu_isa(isa)
     for case in PLANE_CASES:
-        x, w, b, grad_output = viewed_case_inputs(case, layout, dtype)
-        x = x.requires_grad_()
-        out = atrous_conv(x, w, b, **case.kwargs)
-        gy = grad_output(out.shape)
-        (gx,) = torch.autograd.grad(out, (x,), gy)
-        rx = x.detach().double().requires_grad_()
-        ref = reference_conv(rx, w.double(), b.double(), **case.kwargs)
-        (ref_gx,) = torch.autograd.grad(ref, (rx,), gy.double())
-        assert_matches(out.detach(), ref.detach(), dtype, f"{case.id} output")
-        assert_matches(gx, ref_gx, dtype, f"{case.id} grad_input")
+        check_viewed_forward_and_grad_input(case, layout, dtype)
+
+
+def check_viewed_forward_and_grad_input(case, layout, dtype):
+    """The output and grad_input of `case`, x and grad_output seen through the
+    layout's view, against float64 torch."""
+    x, w, b, grad_output = viewed_case_inputs(case, layout, dtype)
+    x = x.requires_grad_()
+    out = atrous_conv(x, w, b, **case.kwargs)
+    gy = grad_output(out.shape)
+    (gx,) = torch.autograd.grad(out, (x,), gy)
+    rx = x.detach().double().requires_grad_()
+    ref = reference_conv(rx, w.double(), b.double(), **case.kwargs)
+    (ref_gx,) = torch.autograd.grad(ref, (rx,), gy.double())
+    assert_matches(out.detach(), ref.detach(), dtype, f"{case.id} output")
+    assert_matches(gx, ref_gx, dtype, f"{case.id} grad_input")
+
+
+# The bfloat16 dot-product GEMM (avx512_bf16) reads bfloat16 planes where they
+# lie too, packing each cache block of rows x pairs of channels (interleaved
+# plane by plane, transposed in registers) where the rows form runs and a unit
+# spans at least 8 column panels (128 float columns); elsewhere (pixel_step,
+# strided forwards, the narrow PLANE_CASES) an NHWC pair copy as before. The
+# wide cases pack: deep_pairs has more than one depth block of pairs in both
+# directions, and odd channel counts (the last pair completed with a zero k);
+# the two grouped ones pack in one direction each (forward, grad_input), with
+# odd depths and images of more than one row block (120 rows). Each has 8
+# (image, group) units, so that on the 2 threads the test runs with, column
+# blocks are not split further for parallelism (gemm_tiling).
+BF16_PLANE_CASES = PLANE_CASES + [
+    Case("deep_pairs", (8, 515, 6, 7), (517, 515, 3, 3), dict(padding=2, dilation=2)),
+    Case("wide_pairs_groups_forward", (4, 74, 13, 29), (260, 37, 3, 3), dict(padding=(1, 4), dilation=(1, 2), groups=2)),
+    Case("wide_pairs_groups_grad_input", (4, 258, 11, 23), (42, 129, 3, 3), dict(padding=2, dilation=2, groups=2)),
+]
+
+
+@pytest.mark.parametrize("layout", PLANE_VIEWS.values(), ids=PLANE_VIEWS.keys())
+def test_bfloat16_dot_products_read_nchw_planes_in_place(layout, restore_cpu_isa, two_threads):
+    use_cpu_isa("avx512_bf16")
+    for case in BF16_PLANE_CASES:
+        check_viewed_forward_and_grad_input(case, layout, torch.bfloat16)
 
 
 def _cpu_flags():

@@ -5,7 +5,7 @@
 // operands are read where they lie, NCHW or channels_last (a pixel's
 // channels one plane apart, or contiguous); 16-bit ones are NHWC rows widened
 // as they are read, or multiplied in bfloat16 pairs by AVX512_BF16 dot
-// products. For each kernel tap (kh, kw) only the output pixels whose input
+// products (bfloat16 planes packed into pairs block by block in the GEMM). For each kernel tap (kh, kw) only the output pixels whose input
 // pixel lies inside the image take part (valid_out_range in atrous_index.h),
 // so no multiply touches padding (the bfloat16 pairs of grad_weight excepted:
 // a pair's second pixel may be one with a zero x). Work is split over
@@ -177,34 +177,6 @@ PixelRows<T> pixel_rows(const Tensor& t, int64_t groups) {
   return {t.data_ptr<T>(), Strides4(t), t.size(1) / groups * t.stride(1)};
 }
 
-// The bfloat16 dot-product GEMM reads k in pairs, so its A operand is a
-// bfloat16 NHWC copy whose groups each have an even number of channels, the
-// odd ones padded with a zero channel: a pair that starts at a group's last
-// channel must not read the next group's first one (or past the allocation).
-// A bfloat16 channels_last input with even groups is used in place.
-struct PairRows {
-  Tensor storage;
-  PixelRows<BFloat16> rows;
-  int64_t depth;  // channels per group, rounded up to even
-};
-
-PairRows bf16_pair_rows(const Tensor& t, int64_t groups) {
-  const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3);
-  const int64_t per_group = c / groups, depth = per_group + per_group % 2;
-  Tensor storage;
-  if (depth == per_group && t.scalar_type() == at::kBFloat16 &&
-      t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    storage = t;
-  } else {
-    storage = cpu::workspace_empty({n, h, w, groups, depth}, at::kBFloat16);
-    if (depth != per_group) storage.narrow(4, per_group, 1).zero_();
-    copy_to_nhwc(t, storage.data_ptr<BFloat16>(), groups * depth, per_group, depth);
-  }
-  const int64_t pixel = groups * depth;
-  return {storage, {storage.data_ptr<BFloat16>(), Strides4(h * w * pixel, 1, w * pixel, pixel), depth},
-          depth};
-}
-
 // The B operand of the gathered GEMM, packed once per call into column panels
 // of kWidth (the micro-kernel's panel) with k taken kPack at a time (1 for
 // the float/double GEMM, 2 for the bfloat16 pairs of GatherGemmBf16Args):
@@ -368,6 +340,48 @@ bool widen_in_gemm(const ConvParams& p, int64_t pixels, int64_t cols) {
   }
 }
 
+// The bfloat16 dot-product GEMM reads k in pairs, so its A operand is either
+//   - bfloat16 planes (NCHW) read where they lie, which the GEMM packs into
+//     pairs a cache block at a time (GatherGemmBf16Args::a_step), or
+//   - bfloat16 NHWC rows whose groups each have an even number of channels:
+//     a channels_last input with even groups as it is, else a copy with the
+//     odd groups padded by a zero channel (a pair that starts at a group's
+//     last channel must not read the next group's first one, or past the
+//     allocation).
+// Planes are packed in the GEMM where their gathered rows form runs of
+// consecutive pixels (pixel_step == 1, as in gemm_reads_in_place) and a unit
+// spans enough panels to share each packed block (widen_in_gemm's rule, for
+// the same reason: the packing is redone per unit, tap and column block).
+// There it costs 0-8% against the copy (ASPP OS8 forward 96-101 ms copied,
+// 102-112 packed; ResNet layer4 46-48 / 50-52; WaveNet level at 49-50), and
+// spares an input-sized copy; units of 2 panels (ASPP OS16 forward) measured
+// 1.3x slower packed (20-23 / 26-27 ms), so they copy (bench/NOTES.md).
+struct PairRows {
+  Tensor storage;
+  PixelRows<BFloat16> rows;
+  int64_t depth;  // channels per group, rounded up to even
+};
+
+PairRows bf16_pair_rows(const ConvParams& p, const Tensor& t, int64_t pixel_step, int64_t pixels,
+                        int64_t cols) {
+  const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3), groups = p.groups;
+  const int64_t per_group = c / groups, depth = per_group + per_group % 2;
+  const bool bf16 = t.scalar_type() == at::kBFloat16;
+  if (bf16 && t.stride(1) != 1 && pixel_step == 1 && widen_in_gemm<BFloat16, float>(p, pixels, cols))
+    return {t, pixel_rows<BFloat16>(t, groups), depth};
+  Tensor storage;
+  if (bf16 && depth == per_group && t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    storage = t;
+  } else {
+    storage = cpu::workspace_empty({n, h, w, groups, depth}, at::kBFloat16);
+    if (depth != per_group) storage.narrow(4, per_group, 1).zero_();
+    copy_to_nhwc(t, storage.data_ptr<BFloat16>(), groups * depth, per_group, depth);
+  }
+  const int64_t pixel = groups * depth;
+  return {storage, {storage.data_ptr<BFloat16>(), Strides4(h * w * pixel, 1, w * pixel, pixel), depth},
+          depth};
+}
+
 // float and double A operands are read where they lie (PixelRows) when
 // their channels are contiguous (channels_last), or when they are planes
 // whose gathered rows form runs of consecutive pixels: gather_gemm's run
@@ -436,7 +450,9 @@ bool gemm_reads_in_place(const Tensor& operand, int64_t pixel_step) {
 // A rows (a_t) are acc_t, or 16-bit rows that gather_gemm widens block by
 // block (a_t = Half or BFloat16, acc_t = float), and B is acc_t; or, with
 // kPairs, both are the bfloat16 pairs of the dot-product GEMM (`depth` is
-// then even, see GatherGemmBf16Args).
+// then even, see GatherGemmBf16Args). A rows hold `a_channels` values of k,
+// a_step apart: a_channels == depth but for bfloat16 planes of an odd group,
+// whose last pair the GEMM completes with a zero.
 //
 //   init(g, col):                      the initial value of column col
 //   gather(n, g, kh, kw, y, x0, x1, emit): calls emit(x, a_row) for each
@@ -445,7 +461,8 @@ bool gemm_reads_in_place(const Tensor& operand, int64_t pixel_step) {
 //                                      the finished C rows of pixels (y, x0..x1)
 template <typename acc_t, typename a_t, bool kPairs, typename Init, typename Gather, typename Store>
 void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64_t depth,
-                       int64_t a_step, int64_t cols, const PackedB<acc_t, kPairs>* packed,
+                       int64_t a_channels, int64_t a_step, int64_t cols,
+                       const PackedB<acc_t, kPairs>* packed,
                        Init&& init, Gather&& gather, Store&& store) {
   const int64_t G = p.groups, width_elems = panel_width<acc_t>();
   const int64_t panels = panels_for<acc_t>(cols);
@@ -455,7 +472,6 @@ void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64
   const int64_t block_panels = t.block_panels, pixel_units = p.batch * G * tiles;
   const int64_t row_len = block_panels * width_elems;
   const int64_t tap_stride = panels * depth * width_elems;
-  TORCH_INTERNAL_ASSERT(!kPairs || a_step == 1, "tiled_gather_gemm: bfloat16 pairs must be contiguous");
 
   at::parallel_for(0, pixel_units * col_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(tile_pixels * row_len);
@@ -487,7 +503,8 @@ void tiled_gather_gemm(const ConvParams& p, int64_t height, int64_t width, int64
           const int64_t tap = kh * p.kernel_width + kw;
           const auto* b = packed + (g * p.taps() + tap) * tap_stride + p0 * depth * width_elems;
           if constexpr (kPairs)
-            gather_gemm(GatherGemmBf16Args{rows, depth, np, a_rows.data(), c_rows.data(), b});
+            gather_gemm(GatherGemmBf16Args{rows, depth, np, a_rows.data(), c_rows.data(), b, a_step,
+                                           a_channels});
           else
             gather_gemm(GatherGemmArgs<acc_t, a_t>{rows, depth, np, a_rows.data(), c_rows.data(), b,
                                                    a_step});
@@ -689,7 +706,7 @@ void forward_gemm(const ConvParams& p, const PixelRows<a_t>& x, int64_t depth,
   const Strides4 os(out);
   scalar_t* out_data = out.data_ptr<scalar_t>();
   tiled_gather_gemm<acc_t, a_t, kPairs>(
-      p, p.out_height, p.out_width, depth, x.step(), cog, packed,
+      p, p.out_height, p.out_width, depth, p.in_channels_per_group(), x.step(), cog, packed,
       [&](int64_t g, int64_t co) { return bias ? bias[g * cog + co] : acc_t(0); },
       [&](int64_t n, int64_t g, int64_t kh, int64_t kw, int64_t oh, int64_t ow0, int64_t ow1,
           auto&& emit) {
@@ -800,7 +817,8 @@ bool forward_bf16_dot(const ConvParams& p, const Tensor& input, const Tensor& we
     return false;
   } else {
     if (!cpu::bf16_dot_active()) return false;
-    const PairRows x = bf16_pair_rows(input, p.groups);
+    const PairRows x = bf16_pair_rows(p, input, input.stride(3) * p.stride_w, p.out_height * p.out_width,
+                                      p.out_channels_per_group());
     const Tensor w = pack_weight_panels<BFloat16, cpu::kBf16PanelColumns, 2>(weight, p, /*transposed=*/false);
     forward_gemm<scalar_t, float, BFloat16, /*kPairs=*/true>(p, x.rows, x.depth, w.data_ptr<BFloat16>(), bias, out);
     return true;
@@ -870,7 +888,7 @@ void grad_input_gemm(const ConvParams& p, const PixelRows<a_t>& gy, int64_t dept
   const Strides4 gs(grad_input);
   scalar_t* gi_data = grad_input.data_ptr<scalar_t>();
   tiled_gather_gemm<acc_t, a_t, kPairs>(
-      p, p.in_height, p.in_width, depth, gy.step(), cig, packed_t,
+      p, p.in_height, p.in_width, depth, p.out_channels_per_group(), gy.step(), cig, packed_t,
       [&](int64_t, int64_t) { return acc_t(0); },
       [&](int64_t n, int64_t g, int64_t kh, int64_t kw, int64_t ih, int64_t iw0, int64_t iw1,
           auto&& emit) {
@@ -1369,7 +1387,8 @@ bool grad_input_bf16_dot(const ConvParams& p, const Tensor& grad_output, const T
     return false;
   } else {
     if (!cpu::bf16_dot_active()) return false;
-    const PairRows gy = bf16_pair_rows(grad_output, p.groups);
+    const PairRows gy = bf16_pair_rows(p, grad_output, grad_output.stride(3), p.in_height * p.in_width,
+                                       p.in_channels_per_group());
     const Tensor w = pack_weight_panels<BFloat16, cpu::kBf16PanelColumns, 2>(weight, p, /*transposed=*/true);
     grad_input_gemm<scalar_t, float, BFloat16, /*kPairs=*/true>(p, gy.rows, gy.depth, w.data_ptr<BFloat16>(),
                                                grad_input);

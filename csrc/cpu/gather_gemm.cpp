@@ -487,25 +487,80 @@ ATROUS_BF16_TARGET inline void bf16_tail_tile(int rows, const c10::BFloat16* con
   }
 }
 
+// Packs the pairs [q0, q0 + qc) of A rows [m0, m1), read from planes
+// (GatherGemmBf16Args::a_step != 1), into pair rows 2 * qc values long:
+//   packed[(m - m0) * 2 * qc + 2 * q + t] = A[m][2 * (q0 + q) + t].
+// Rows come in runs of consecutive pixels (a_rows[m + 1] == a_rows[m] + 1).
+// For each run, the 32-bit pair of channels (k, k + 1) of every pixel is
+// formed plane by plane, interleaved[q][i] = A[m + i][k] | A[m + i][k + 1] << 16
+// (a vector loop over the run's pixels), and the [pair][pixel] block is then
+// transposed into the run's rows by transpose_to_rows: its shuffles move the
+// 32-bit pairs as they are, never as float values.
+ATROUS_BF16_TARGET void pack_plane_pairs(const GatherGemmBf16Args& args, int64_t m0, int64_t m1,
+                                         int64_t q0, int64_t qc, c10::BFloat16* packed,
+                                         uint32_t* interleaved) {
+  for (int64_t m = m0; m < m1;) {
+    int64_t end = m + 1;
+    while (end < m1 && args.a_rows[end] == args.a_rows[end - 1] + 1) ++end;
+    const int64_t run = end - m;
+    for (int64_t q = 0; q < qc; ++q) {
+      const int64_t k = 2 * (q0 + q);
+      const auto* lo = reinterpret_cast<const uint16_t*>(args.a_rows[m] + k * args.a_step);
+      const auto* hi = reinterpret_cast<const uint16_t*>(args.a_rows[m] + (k + 1) * args.a_step);
+      uint32_t* dst = interleaved + q * run;
+      if (k + 1 < args.a_channels) {
+        for (int64_t i = 0; i < run; ++i) dst[i] = uint32_t(lo[i]) | uint32_t(hi[i]) << 16;
+      } else if (k < args.a_channels) {  // the zero k after an odd group's last channel
+        for (int64_t i = 0; i < run; ++i) dst[i] = lo[i];
+      } else {
+        for (int64_t i = 0; i < run; ++i) dst[i] = 0;
+      }
+    }
+    transpose_to_rows(reinterpret_cast<const float*>(interleaved), run, run, qc,
+                      reinterpret_cast<float*>(packed + (m - m0) * 2 * qc), qc);
+    m = end;
+  }
+}
+
 // Same loop nest as gather_gemm_impl; the depth block counts pairs, so a
-// block of B has the same bytes.
+// block of B has the same bytes. Plane operands are packed a block at a time
+// (pack_plane_pairs) into per-thread scratch that the micro-tiles read.
 template <int MR>
 ATROUS_BF16_TARGET void gather_gemm_bf16_impl(const GatherGemmBf16Args& args) {
   const int64_t pairs = args.depth / 2;
   const int64_t block = depth_block(args.panels);
+  const bool planes = args.a_step != 1;
+  thread_local std::vector<c10::BFloat16> packed;
+  thread_local std::vector<uint32_t> interleaved;
+  thread_local std::vector<const c10::BFloat16*> packed_rows;
+  if (planes) {
+    packed.resize(kRowBlock * 2 * block);
+    interleaved.resize(kRowBlock * block);
+    packed_rows.resize(kRowBlock);
+  }
   for (int64_t q0 = 0; q0 < pairs; q0 += block) {
     const int64_t qc = pairs - q0 < block ? pairs - q0 : block;
     for (int64_t m0 = 0; m0 < args.rows; m0 += kRowBlock) {
       const int64_t m1 = args.rows - m0 < kRowBlock ? args.rows : m0 + kRowBlock;
       const int64_t full_end = m1 - (m1 - m0) % MR;
+      // The block's A rows from row m0 on, as the micro-tiles index them
+      // (rows[i] + 2 * (q - pair0)): the caller's pair rows, or the packed ones.
+      const c10::BFloat16* const* a_block = args.a_rows + m0;
+      int64_t pair0 = q0;
+      if (planes) {
+        pack_plane_pairs(args, m0, m1, q0, qc, packed.data(), interleaved.data());
+        for (int64_t m = m0; m < m1; ++m) packed_rows[m - m0] = packed.data() + (m - m0) * 2 * qc;
+        a_block = packed_rows.data();
+        pair0 = 0;
+      }
       for (int64_t p = 0; p < args.panels; ++p) {
         const c10::BFloat16* b = args.b_panels + (p * pairs + q0) * 2 * kBf16PanelColumns;
         const int64_t col = p * kBf16PanelColumns;
         for (int64_t m = m0; m < full_end; m += MR)
-          bf16_micro_tile<MR>(args.a_rows + m, args.c_rows + m, col, b, q0, qc);
+          bf16_micro_tile<MR>(a_block + (m - m0), args.c_rows + m, col, b, pair0, qc);
         if (full_end < m1)
-          bf16_tail_tile<MR>(static_cast<int>(m1 - full_end), args.a_rows + full_end,
-                             args.c_rows + full_end, col, b, q0, qc);
+          bf16_tail_tile<MR>(static_cast<int>(m1 - full_end), a_block + (full_end - m0),
+                             args.c_rows + full_end, col, b, pair0, qc);
       }
     }
   }
@@ -1037,6 +1092,8 @@ bool bf16_dot_active() { return active_isa() == Isa::kAvx512Bf16; }
 void gather_gemm(const GatherGemmBf16Args& args) {
   TORCH_INTERNAL_ASSERT(bf16_dot_active(), "gather_gemm(bf16) called without AVX512_BF16");
   TORCH_INTERNAL_ASSERT(args.depth % 2 == 0, "gather_gemm(bf16): odd depth ", args.depth);
+  TORCH_INTERNAL_ASSERT(args.a_step == 1 || (args.a_channels >= 0 && args.a_channels <= args.depth),
+                        "gather_gemm(bf16): planes hold ", args.a_channels, " of ", args.depth, " k");
   if (args.rows <= 0 || args.depth <= 0 || args.panels <= 0) return;
 #if defined(__x86_64__)
   run_avx512_bf16(args);

@@ -75,6 +75,14 @@ void gather_gemm(const GatherGemmArgs<float, c10::BFloat16>& args);
 //                 at k = 2q being (B[2q][j], B[2q + 1][j]);
 //   c_rows[m]     hold panels * 16 floats.
 // Only callable when bf16_dot_active() (asserted).
+//
+// A may also be NCHW planes (a_step != 1, the plane size): A[m][k] is then
+// a_rows[m][k * a_step] for k < a_channels and zero for a_channels <= k <
+// depth (an odd group's padding k, which the planes do not hold). Each cache
+// block of A (row block x depth block) is packed into pairs once, in
+// thread-local scratch that every panel reads: the planes of a run of
+// consecutive pixels are interleaved two by two and transposed in registers
+// (transpose_to_rows), so a bfloat16 NCHW operand needs no NHWC copy.
 struct GatherGemmBf16Args {
   int64_t rows;
   int64_t depth;
@@ -82,6 +90,8 @@ struct GatherGemmBf16Args {
   const c10::BFloat16* const* a_rows;
   float* const* c_rows;
   const c10::BFloat16* b_panels;
+  int64_t a_step = 1;      // 1: pair rows; else elements between channels k and k + 1
+  int64_t a_channels = 0;  // a_step != 1: the k that the planes hold
 };
 constexpr int64_t kBf16PanelColumns = panel_width<float>();
 
