@@ -5,7 +5,8 @@
 // operands are read where they lie, NCHW or channels_last (a pixel's
 // channels one plane apart, or contiguous); 16-bit ones are NHWC rows widened
 // as they are read, or multiplied in bfloat16 pairs by AVX512_BF16 dot
-// products (bfloat16 planes packed into pairs block by block in the GEMM). For each kernel tap (kh, kw) only the output pixels whose input
+// products (bfloat16 planes packed into pairs block by block in the GEMM).
+// For each kernel tap (kh, kw) only the output pixels whose input
 // pixel lies inside the image take part (valid_out_range in atrous_index.h),
 // so no multiply touches padding (the bfloat16 pairs of grad_weight excepted:
 // a pair's second pixel may be one with a zero x). Work is split over
