@@ -424,20 +424,21 @@ def check_viewed_forward_and_grad_input(case, layout, dtype):
 
 
 # The bfloat16 dot-product GEMM (avx512_bf16) reads bfloat16 planes where they
-# lie too, packing each cache block of rows x pairs of channels (interleaved
-# plane by plane, transposed in registers) where the rows form runs and a unit
-# spans at least 8 column panels (128 float columns); elsewhere (pixel_step,
-# strided forwards, the narrow PLANE_CASES) an NHWC pair copy as before. The
-# wide cases pack: deep_pairs has more than one depth block of pairs in both
-# directions, and odd channel counts (the last pair completed with a zero k);
-# the two grouped ones pack in one direction each (forward, grad_input), with
-# odd depths and images of more than one row block (120 rows). Each has 8
+# lie too, packing each cache block of rows x pairs of channels (16 pixels of
+# two planes zero-extended into pairs, transposed in registers) where a copy
+# would be larger than the output, the rows form runs and a unit spans at
+# least 8 column panels (128 float columns); elsewhere (pixel_step, strided
+# forwards, the narrow PLANE_CASES) an NHWC pair copy as before. The four
+# cases below pack, two in each direction: more than one depth block of pairs
+# (over 512 channels), odd channel counts (the last pair completed with a zero
+# k), groups, and images of more than one row block (120 rows). Each has 8
 # (image, group) units, so that on the 2 threads the test runs with, column
 # blocks are not split further for parallelism (gemm_tiling).
 BF16_PLANE_CASES = PLANE_CASES + [
-    Case("deep_pairs", (8, 515, 6, 7), (517, 515, 3, 3), dict(padding=2, dilation=2)),
-    Case("wide_pairs_groups_forward", (4, 74, 13, 29), (260, 37, 3, 3), dict(padding=(1, 4), dilation=(1, 2), groups=2)),
-    Case("wide_pairs_groups_grad_input", (4, 258, 11, 23), (42, 129, 3, 3), dict(padding=2, dilation=2, groups=2)),
+    Case("deep_pairs_forward", (8, 529, 5, 6), (517, 529, 3, 3), dict(padding=2, dilation=2)),
+    Case("deep_pairs_grad_input", (8, 515, 5, 6), (529, 515, 3, 3), dict(padding=2, dilation=2)),
+    Case("wide_pairs_groups_forward", (4, 294, 13, 29), (260, 147, 3, 3), dict(padding=(1, 2), dilation=(1, 2), groups=2)),
+    Case("wide_pairs_groups_grad_input", (4, 258, 11, 23), (266, 129, 3, 3), dict(padding=2, dilation=2, groups=2)),
 ]
 
 

@@ -183,13 +183,13 @@ def check_grad_input_workspace(side, in_channels, memory_format, dtype, copy_byt
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 def test_bfloat16_dot_products_need_only_the_packed_weights(pool_limit, restore_cpu_isa, memory_format, side):
     """The same for bfloat16 on the AVX512_BF16 dot products: channels_last
-    rows with an even channel count are read as they are, and NCHW planes are
-    packed into pairs a cache block at a time inside the GEMM where a unit
-    spans at least 8 column panels (128 output columns here), so neither takes
-    an NHWC pair copy and the pool stays empty. Narrower units (32 columns: 2
-    panels) copy NCHW planes into pair rows, which the pool then holds. The
-    packed weights (at most 256 x 128 x 9 bfloat16 values) stay below the
-    pool's 1 MiB floor."""
+    rows with an even channel count are read as they are, and NCHW planes
+    larger than the output (256 channels into 128 here, both ways) are packed
+    into pairs a cache block at a time inside the GEMM where a unit spans at
+    least 8 column panels, so neither takes an NHWC pair copy and the pool
+    stays empty. Narrower units (32 columns: 2 panels) copy NCHW planes into
+    pair rows, which the pool then holds. The packed weights (at most 256 x
+    128 x 9 bfloat16 values) stay below the pool's 1 MiB floor."""
     use_cpu_isa("avx512_bf16")
     atrous_cuda.set_cpu_workspace_cache_limit(256 * MiB)
     f64, bf16 = torch.float64, torch.bfloat16

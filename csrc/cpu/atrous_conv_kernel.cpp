@@ -349,27 +349,38 @@ bool widen_in_gemm(const ConvParams& p, int64_t pixels, int64_t cols) {
 //     odd groups padded by a zero channel (a pair that starts at a group's
 //     last channel must not read the next group's first one, or past the
 //     allocation).
-// Planes are packed in the GEMM where their gathered rows form runs of
+// Planes are packed in the GEMM (bf16_planes_in_gemm) where a copy would
+// break the workspace bound, the operand being larger than the output, and
+// packing is about as fast as the copy: the gathered rows form runs of
 // consecutive pixels (pixel_step == 1, as in gemm_reads_in_place) and a unit
-// spans enough panels to share each packed block (widen_in_gemm's rule, for
-// the same reason: the packing is redone per unit, tap and column block).
-// There it costs 0-8% against the copy (ASPP OS8 forward 96-101 ms copied,
-// 102-112 packed; ResNet layer4 46-48 / 50-52; WaveNet level at 49-50), and
-// spares an input-sized copy; units of 2 panels (ASPP OS16 forward) measured
-// 1.3x slower packed (20-23 / 26-27 ms), so they copy (bench/NOTES.md).
+// spans at least kWidenInGemmPanels panels (widen_in_gemm's rule, for the same
+// reason: the packing is redone per unit, tap and column block). There a
+// forward measured level with the copy (ASPP OS8 d12 100-102 ms packed, 100-105
+// copied; ResNet layer4 50-58 / 49-62; WaveNet k=2 48-56 / 50-94 on a noisy
+// host), a grad_input 0-12% slower (ASPP OS8 d12 93-110 / 88-95, where the
+// copy of grad_output is an eighth of the output and so within the bound);
+// units of 2 panels (ASPP OS16 forward) 10-15% slower (26-28 / 24 ms).
 struct PairRows {
   Tensor storage;
   PixelRows<BFloat16> rows;
   int64_t depth;  // channels per group, rounded up to even
 };
 
-PairRows bf16_pair_rows(const ConvParams& p, const Tensor& t, int64_t pixel_step, int64_t pixels,
-                        int64_t cols) {
-  const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3), groups = p.groups;
+// Whether bfloat16 planes `operand` (the forward's input, or grad_input's
+// grad_output) are packed in the GEMM that writes `output`, a pixel's A rows
+// pixel_step apart (see above).
+bool bf16_planes_in_gemm(const ConvParams& p, const Tensor& operand, int64_t pixel_step,
+                         const Tensor& output) {
+  const int64_t pixels = output.size(2) * output.size(3), cols = output.size(1) / p.groups;
+  return operand.scalar_type() == at::kBFloat16 && operand.stride(1) != 1 && pixel_step == 1 &&
+         operand.numel() > output.numel() && widen_in_gemm<BFloat16, float>(p, pixels, cols);
+}
+
+PairRows bf16_pair_rows(const Tensor& t, int64_t groups, bool planes_in_gemm) {
+  const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3);
   const int64_t per_group = c / groups, depth = per_group + per_group % 2;
   const bool bf16 = t.scalar_type() == at::kBFloat16;
-  if (bf16 && t.stride(1) != 1 && pixel_step == 1 && widen_in_gemm<BFloat16, float>(p, pixels, cols))
-    return {t, pixel_rows<BFloat16>(t, groups), depth};
+  if (planes_in_gemm) return {t, pixel_rows<BFloat16>(t, groups), depth};
   Tensor storage;
   if (bf16 && depth == per_group && t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
     storage = t;
@@ -818,8 +829,8 @@ bool forward_bf16_dot(const ConvParams& p, const Tensor& input, const Tensor& we
     return false;
   } else {
     if (!cpu::bf16_dot_active()) return false;
-    const PairRows x = bf16_pair_rows(p, input, input.stride(3) * p.stride_w, p.out_height * p.out_width,
-                                      p.out_channels_per_group());
+    const PairRows x = bf16_pair_rows(input, p.groups,
+                                      bf16_planes_in_gemm(p, input, input.stride(3) * p.stride_w, out));
     const Tensor w = pack_weight_panels<BFloat16, cpu::kBf16PanelColumns, 2>(weight, p, /*transposed=*/false);
     forward_gemm<scalar_t, float, BFloat16, /*kPairs=*/true>(p, x.rows, x.depth, w.data_ptr<BFloat16>(), bias, out);
     return true;
@@ -1388,8 +1399,8 @@ bool grad_input_bf16_dot(const ConvParams& p, const Tensor& grad_output, const T
     return false;
   } else {
     if (!cpu::bf16_dot_active()) return false;
-    const PairRows gy = bf16_pair_rows(p, grad_output, grad_output.stride(3), p.in_height * p.in_width,
-                                       p.in_channels_per_group());
+    const PairRows gy = bf16_pair_rows(grad_output, p.groups,
+                                       bf16_planes_in_gemm(p, grad_output, grad_output.stride(3), grad_input));
     const Tensor w = pack_weight_panels<BFloat16, cpu::kBf16PanelColumns, 2>(weight, p, /*transposed=*/true);
     grad_input_gemm<scalar_t, float, BFloat16, /*kPairs=*/true>(p, gy.rows, gy.depth, w.data_ptr<BFloat16>(),
                                                grad_input);

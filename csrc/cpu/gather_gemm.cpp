@@ -437,6 +437,53 @@ ATROUS_AVX512_ATTRIBUTES void run_strided_avx512(const GatherGemmArgs<double>& a
 #undef ATROUS_AVX512_ATTRIBUTES
 #endif
 
+// The register stages of the 16 x 16 transpose of transpose_to_rows (below):
+// r[c] lane k (channel c of pixel k) is stored as dst[k * dst_ld + c], for
+// the first `channels` lanes of the first `pixels` rows. Only shuffles: the
+// 32-bit values move as bits (the bfloat16 pair packing relies on it).
+// (GCC 12 reports a false maybe-uninitialized inside these intrinsics, and in
+// pack_plane_pairs' zero-extensions; the pragma ends after it.)
+#if defined(__x86_64__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define ATROUS_TRANSPOSE_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw")))
+ATROUS_TRANSPOSE_AVX512 inline void store_transposed_avx512(const __m512 r[16], int pixels,
+                                                            int channels, float* dst,
+                                                            int64_t dst_ld) {
+  const __mmask16 channel_mask = static_cast<__mmask16>((1u << channels) - 1);
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // a0 b0 a1 b1 per lane
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // a2 b2 a3 b3 per lane
+  }
+  __m512 u[16];
+  for (int q = 0; q < 4; ++q) {
+    const __m512 lo01 = t[4 * q], hi01 = t[4 * q + 1], lo23 = t[4 * q + 2], hi23 = t[4 * q + 3];
+    u[4 * q + 0] = _mm512_shuffle_ps(lo01, lo23, 0x44);  // pixel 4L + 0, channels 4q..4q+3
+    u[4 * q + 1] = _mm512_shuffle_ps(lo01, lo23, 0xEE);  // pixel 4L + 1
+    u[4 * q + 2] = _mm512_shuffle_ps(hi01, hi23, 0x44);  // pixel 4L + 2
+    u[4 * q + 3] = _mm512_shuffle_ps(hi01, hi23, 0xEE);  // pixel 4L + 3
+  }
+  for (int j = 0; j < 4; ++j) {
+    // lanes (L0, L2) and (L1, L3) of channels 0-7 and 8-15
+    const __m512 even_lo = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
+    const __m512 odd_lo = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
+    const __m512 even_hi = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512 odd_hi = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+    const __m512 row[4] = {
+        _mm512_shuffle_f32x4(even_lo, even_hi, 0x88),  // pixel j      (lane 0)
+        _mm512_shuffle_f32x4(odd_lo, odd_hi, 0x88),    // pixel 4 + j  (lane 1)
+        _mm512_shuffle_f32x4(even_lo, even_hi, 0xDD),  // pixel 8 + j  (lane 2)
+        _mm512_shuffle_f32x4(odd_lo, odd_hi, 0xDD),    // pixel 12 + j (lane 3)
+    };
+    for (int L = 0; L < 4; ++L) {
+      const int pixel = 4 * L + j;
+      if (pixel < pixels) _mm512_mask_storeu_ps(dst + pixel * dst_ld, channel_mask, row[L]);
+    }
+  }
+}
+#endif
+
 // ------------------------------------------- bfloat16 pairs (AVX512_BF16) --
 //
 // The fp32 tile above with k taken two at a time: per pair it loads one
@@ -490,37 +537,42 @@ ATROUS_BF16_TARGET inline void bf16_tail_tile(int rows, const c10::BFloat16* con
 // Packs the pairs [q0, q0 + qc) of A rows [m0, m1), read from planes
 // (GatherGemmBf16Args::a_step != 1), into pair rows 2 * qc values long:
 //   packed[(m - m0) * 2 * qc + 2 * q + t] = A[m][2 * (q0 + q) + t].
-// Rows come in runs of consecutive pixels (a_rows[m + 1] == a_rows[m] + 1).
-// For each run, the 32-bit pair of channels (k, k + 1) of every pixel is
-// formed plane by plane, interleaved[q][i] = A[m + i][k] | A[m + i][k + 1] << 16
-// (a vector loop over the run's pixels), and the [pair][pixel] block is then
-// transposed into the run's rows by transpose_to_rows: its shuffles move the
-// 32-bit pairs as they are, never as float values.
+// Rows come in runs of consecutive pixels (a_rows[m + 1] == a_rows[m] + 1),
+// taken 16 pixels x 16 pairs at a time: the 16 pixels of planes k and k + 1
+// load as two 256-bit vectors and zero-extend into one vector of 32-bit pairs
+// (k | k + 1 << 16), one vector per pair, which store_transposed_avx512 turns
+// into the 16 pixels' rows. Planes past a_channels (an odd group's last pair)
+// read as zeros. Partial blocks load with a pixel mask, which never faults.
 ATROUS_BF16_TARGET void pack_plane_pairs(const GatherGemmBf16Args& args, int64_t m0, int64_t m1,
-                                         int64_t q0, int64_t qc, c10::BFloat16* packed,
-                                         uint32_t* interleaved) {
+                                         int64_t q0, int64_t qc, c10::BFloat16* packed) {
   for (int64_t m = m0; m < m1;) {
     int64_t end = m + 1;
     while (end < m1 && args.a_rows[end] == args.a_rows[end - 1] + 1) ++end;
-    const int64_t run = end - m;
-    for (int64_t q = 0; q < qc; ++q) {
-      const int64_t k = 2 * (q0 + q);
-      const auto* lo = reinterpret_cast<const uint16_t*>(args.a_rows[m] + k * args.a_step);
-      const auto* hi = reinterpret_cast<const uint16_t*>(args.a_rows[m] + (k + 1) * args.a_step);
-      uint32_t* dst = interleaved + q * run;
-      if (k + 1 < args.a_channels) {
-        for (int64_t i = 0; i < run; ++i) dst[i] = uint32_t(lo[i]) | uint32_t(hi[i]) << 16;
-      } else if (k < args.a_channels) {  // the zero k after an odd group's last channel
-        for (int64_t i = 0; i < run; ++i) dst[i] = lo[i];
-      } else {
-        for (int64_t i = 0; i < run; ++i) dst[i] = 0;
+    for (int64_t i0 = m; i0 < end; i0 += 16) {
+      const int pixels = static_cast<int>(end - i0 < 16 ? end - i0 : 16);
+      const __mmask16 pixel_mask = static_cast<__mmask16>((1u << pixels) - 1);
+      const c10::BFloat16* run = args.a_rows[m] + (i0 - m);
+      for (int64_t qb = 0; qb < qc; qb += 16) {
+        const int pairs = static_cast<int>(qc - qb < 16 ? qc - qb : 16);
+        __m512 v[16];
+        for (int j = 0; j < 16; ++j) {
+          const int64_t k = 2 * (q0 + qb + j);
+          __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+          if (j < pairs && k < args.a_channels)
+            lo = _mm256_maskz_loadu_epi16(pixel_mask, run + k * args.a_step);
+          if (j < pairs && k + 1 < args.a_channels)
+            hi = _mm256_maskz_loadu_epi16(pixel_mask, run + (k + 1) * args.a_step);
+          v[j] = _mm512_castsi512_ps(_mm512_or_si512(
+              _mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16)));
+        }
+        store_transposed_avx512(v, pixels, pairs,
+                                reinterpret_cast<float*>(packed + (i0 - m0) * 2 * qc + 2 * qb), qc);
       }
     }
-    transpose_to_rows(reinterpret_cast<const float*>(interleaved), run, run, qc,
-                      reinterpret_cast<float*>(packed + (m - m0) * 2 * qc), qc);
     m = end;
   }
 }
+#pragma GCC diagnostic pop
 
 // Same loop nest as gather_gemm_impl; the depth block counts pairs, so a
 // block of B has the same bytes. Plane operands are packed a block at a time
@@ -531,11 +583,9 @@ ATROUS_BF16_TARGET void gather_gemm_bf16_impl(const GatherGemmBf16Args& args) {
   const int64_t block = depth_block(args.panels);
   const bool planes = args.a_step != 1;
   thread_local std::vector<c10::BFloat16> packed;
-  thread_local std::vector<uint32_t> interleaved;
   thread_local std::vector<const c10::BFloat16*> packed_rows;
   if (planes) {
     packed.resize(kRowBlock * 2 * block);
-    interleaved.resize(kRowBlock * block);
     packed_rows.resize(kRowBlock);
   }
   for (int64_t q0 = 0; q0 < pairs; q0 += block) {
@@ -548,7 +598,7 @@ ATROUS_BF16_TARGET void gather_gemm_bf16_impl(const GatherGemmBf16Args& args) {
       const c10::BFloat16* const* a_block = args.a_rows + m0;
       int64_t pair0 = q0;
       if (planes) {
-        pack_plane_pairs(args, m0, m1, q0, qc, packed.data(), interleaved.data());
+        pack_plane_pairs(args, m0, m1, q0, qc, packed.data());
         for (int64_t m = m0; m < m1; ++m) packed_rows[m - m0] = packed.data() + (m - m0) * 2 * qc;
         a_block = packed_rows.data();
         pair0 = 0;
@@ -731,45 +781,14 @@ ATROUS_ROW_AVX512 float rect_dot_avx512(const float* a, int64_t a_ld, const floa
 // (GCC 12's false maybe-uninitialized report inside the masked-load intrinsics, as above.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#define ATROUS_TRANSPOSE_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw")))
 ATROUS_TRANSPOSE_AVX512 inline void transpose_block_avx512(const float* src, int64_t src_ld,
                                                            int pixels, int channels, float* dst,
                                                            int64_t dst_ld) {
   const __mmask16 pixel_mask = static_cast<__mmask16>((1u << pixels) - 1);
-  const __mmask16 channel_mask = static_cast<__mmask16>((1u << channels) - 1);
   __m512 r[16];
   for (int c = 0; c < 16; ++c)
     r[c] = c < channels ? _mm512_maskz_loadu_ps(pixel_mask, src + c * src_ld) : _mm512_setzero_ps();
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // a0 b0 a1 b1 per lane
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // a2 b2 a3 b3 per lane
-  }
-  __m512 u[16];
-  for (int q = 0; q < 4; ++q) {
-    const __m512 lo01 = t[4 * q], hi01 = t[4 * q + 1], lo23 = t[4 * q + 2], hi23 = t[4 * q + 3];
-    u[4 * q + 0] = _mm512_shuffle_ps(lo01, lo23, 0x44);  // pixel 4L + 0, channels 4q..4q+3
-    u[4 * q + 1] = _mm512_shuffle_ps(lo01, lo23, 0xEE);  // pixel 4L + 1
-    u[4 * q + 2] = _mm512_shuffle_ps(hi01, hi23, 0x44);  // pixel 4L + 2
-    u[4 * q + 3] = _mm512_shuffle_ps(hi01, hi23, 0xEE);  // pixel 4L + 3
-  }
-  for (int j = 0; j < 4; ++j) {
-    // lanes (L0, L2) and (L1, L3) of channels 0-7 and 8-15
-    const __m512 even_lo = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
-    const __m512 odd_lo = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
-    const __m512 even_hi = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
-    const __m512 odd_hi = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
-    const __m512 row[4] = {
-        _mm512_shuffle_f32x4(even_lo, even_hi, 0x88),  // pixel j      (lane 0)
-        _mm512_shuffle_f32x4(odd_lo, odd_hi, 0x88),    // pixel 4 + j  (lane 1)
-        _mm512_shuffle_f32x4(even_lo, even_hi, 0xDD),  // pixel 8 + j  (lane 2)
-        _mm512_shuffle_f32x4(odd_lo, odd_hi, 0xDD),    // pixel 12 + j (lane 3)
-    };
-    for (int L = 0; L < 4; ++L) {
-      const int pixel = 4 * L + j;
-      if (pixel < pixels) _mm512_mask_storeu_ps(dst + pixel * dst_ld, channel_mask, row[L]);
-    }
-  }
+  store_transposed_avx512(r, pixels, channels, dst, dst_ld);
 }
 ATROUS_TRANSPOSE_AVX512 void transpose_to_rows_avx512(const float* src, int64_t src_ld,
                                                       int64_t pixels, int64_t channels, float* dst,

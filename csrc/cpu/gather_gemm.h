@@ -80,9 +80,9 @@ void gather_gemm(const GatherGemmArgs<float, c10::BFloat16>& args);
 // a_rows[m][k * a_step] for k < a_channels and zero for a_channels <= k <
 // depth (an odd group's padding k, which the planes do not hold). Each cache
 // block of A (row block x depth block) is packed into pairs once, in
-// thread-local scratch that every panel reads: the planes of a run of
-// consecutive pixels are interleaved two by two and transposed in registers
-// (transpose_to_rows), so a bfloat16 NCHW operand needs no NHWC copy.
+// thread-local scratch that every panel reads: 16 pixels of a run of
+// consecutive pixels, two planes at a time, are zero-extended into pairs and
+// transposed in registers, so a bfloat16 NCHW operand needs no NHWC copy.
 struct GatherGemmBf16Args {
   int64_t rows;
   int64_t depth;
