@@ -423,30 +423,40 @@ def check_viewed_forward_and_grad_input(case, layout, dtype):
     assert_matches(gx, ref_gx, dtype, f"{case.id} grad_input")
 
 
-# The bfloat16 dot-product GEMM (avx512_bf16) reads bfloat16 planes where they
-# lie too, packing each cache block of rows x pairs of channels (16 pixels of
-# two planes zero-extended into pairs, transposed in registers) where a copy
-# would be larger than the output, the rows form runs and a unit spans at
-# least 8 column panels (128 float columns); elsewhere (pixel_step, strided
-# forwards, the narrow PLANE_CASES) an NHWC pair copy as before. The four
-# cases below pack, two in each direction: more than one depth block of pairs
-# (over 512 channels), odd channel counts (the last pair completed with a zero
-# k), groups, and images of more than one row block (120 rows). Each has 8
-# (image, group) units, so that on the 2 threads the test runs with, column
+# 16-bit planes are read where they lie too, on AVX-512, where a copy would be
+# larger than the output, the rows form runs and a unit spans at least 8
+# column panels (128 float columns): the bfloat16 dot-product GEMM
+# (avx512_bf16) packs each cache block of rows x pairs of channels (16 pixels
+# of two planes zero-extended into pairs, transposed in registers), the float
+# GEMM widens each block (16 pixels of a plane into one vector, transposed in
+# registers: float16 on any AVX-512, bfloat16 on plain avx512). Elsewhere
+# (pixel_step, strided forwards, the narrow PLANE_CASES, AVX2) an NHWC copy.
+# The four cases below read planes, two in each direction: more than one depth
+# block (over 512 channels), odd channel counts (the last pair completed with
+# a zero k), groups, and images of more than one row block (120 rows). Each has
+# 8 (image, group) units, so that on the 2 threads the test runs with, column
 # blocks are not split further for parallelism (gemm_tiling).
-BF16_PLANE_CASES = PLANE_CASES + [
-    Case("deep_pairs_forward", (8, 529, 5, 6), (517, 529, 3, 3), dict(padding=2, dilation=2)),
-    Case("deep_pairs_grad_input", (8, 515, 5, 6), (529, 515, 3, 3), dict(padding=2, dilation=2)),
-    Case("wide_pairs_groups_forward", (4, 294, 13, 29), (260, 147, 3, 3), dict(padding=(1, 2), dilation=(1, 2), groups=2)),
-    Case("wide_pairs_groups_grad_input", (4, 258, 11, 23), (266, 129, 3, 3), dict(padding=2, dilation=2, groups=2)),
+SIXTEEN_BIT_PLANE_CASES = PLANE_CASES + [
+    Case("deep_forward", (8, 529, 5, 6), (517, 529, 3, 3), dict(padding=2, dilation=2)),
+    Case("deep_grad_input", (8, 515, 5, 6), (529, 515, 3, 3), dict(padding=2, dilation=2)),
+    Case("wide_groups_forward", (4, 294, 13, 29), (260, 147, 3, 3), dict(padding=(1, 2), dilation=(1, 2), groups=2)),
+    Case("wide_groups_grad_input", (4, 258, 11, 23), (266, 129, 3, 3), dict(padding=2, dilation=2, groups=2)),
 ]
+SIXTEEN_BIT_PATHS = {  # id: (isa, dtype)
+    "bfloat16_pairs": ("avx512_bf16", torch.bfloat16),
+    "bfloat16_widened": ("avx512", torch.bfloat16),
+    "float16_widened": ("avx512_bf16", torch.float16),
+    "float16_copied_avx2": ("avx2", torch.float16),
+}
 
 
 @pytest.mark.parametrize("layout", PLANE_VIEWS.values(), ids=PLANE_VIEWS.keys())
-def test_bfloat16_dot_products_read_nchw_planes_in_place(layout, restore_cpu_isa, two_threads):
-    use_cpu_isa("avx512_bf16")
-    for case in BF16_PLANE_CASES:
-        check_viewed_forward_and_grad_input(case, layout, torch.bfloat16)
+@pytest.mark.parametrize("path", SIXTEEN_BIT_PATHS.values(), ids=SIXTEEN_BIT_PATHS.keys())
+def test_16bit_nchw_planes_are_packed_or_widened_in_place(path, layout, restore_cpu_isa, two_threads):
+    isa, dtype = path
+    use_cpu_isa(isa)
+    for case in SIXTEEN_BIT_PLANE_CASES:
+        check_viewed_forward_and_grad_input(case, layout, dtype)
 
 
 def _cpu_flags():

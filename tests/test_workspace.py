@@ -164,13 +164,13 @@ def test_forward_and_grad_input_need_only_the_packed_weights(pool_limit, restore
     check_grad_input_workspace(side, 16, memory_format, dtype, copy_bytes)
 
 
-def check_grad_input_workspace(side, in_channels, memory_format, dtype, copy_bytes):
-    """A grad_input from 256 output channels to `in_channels` on side x side
-    maps leaves exactly copy_bytes in the emptied pool, and matches float64 torch."""
+def check_grad_input_workspace(side, in_channels, memory_format, dtype, copy_bytes, out_channels=256):
+    """A grad_input from out_channels to in_channels on side x side maps
+    leaves exactly copy_bytes in the emptied pool, and matches float64 torch."""
     _C.empty_cpu_workspace_cache()
-    gy = torch.randn(1, 256, side, side, dtype=dtype).contiguous(memory_format=memory_format)
+    gy = torch.randn(1, out_channels, side, side, dtype=dtype).contiguous(memory_format=memory_format)
     x_small = torch.randn(1, in_channels, side, side, dtype=dtype)
-    w_wide = torch.randn(256, in_channels, 3, 3, dtype=dtype)
+    w_wide = torch.randn(out_channels, in_channels, 3, 3, dtype=dtype)
     (grad_input, _, _) = torch.ops.atrous.conv_backward(gy, x_small, w_wide, [1, 1], [6, 6, 6, 6], [6, 6],
                                                         1, [True, False, False])
     assert _C.cpu_workspace_cache_bytes() == copy_bytes, "grad_input"
@@ -179,27 +179,38 @@ def check_grad_input_workspace(side, in_channels, memory_format, dtype, copy_byt
     assert_matches(grad_input, ref, dtype, "grad_input")
 
 
-@pytest.mark.parametrize("side", [47, 64], ids=["47x47", "64x64"])
+SIXTEEN_BIT_PATHS = {  # id: (isa, dtype, the narrow forward's copy: bytes per element, layouts copied)
+    # the dot products' pair rows, from NCHW planes only
+    "bfloat16_pairs": ("avx512_bf16", torch.bfloat16, 2, [torch.contiguous_format]),
+    # float NHWC rows, from either layout
+    "bfloat16_widened": ("avx512", torch.bfloat16, 4, [torch.contiguous_format, torch.channels_last]),
+    "float16_widened": ("avx512_bf16", torch.float16, 4, [torch.contiguous_format, torch.channels_last]),
+}
+
+
+@pytest.mark.parametrize("path", SIXTEEN_BIT_PATHS.values(), ids=SIXTEEN_BIT_PATHS.keys())
+@pytest.mark.parametrize("side", [64, 65], ids=["64x64", "65x65"])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
-def test_bfloat16_dot_products_need_only_the_packed_weights(pool_limit, restore_cpu_isa, memory_format, side):
-    """The same for bfloat16 on the AVX512_BF16 dot products: channels_last
-    rows with an even channel count are read as they are, and NCHW planes
-    larger than the output (256 channels into 128 here, both ways) are packed
-    into pairs a cache block at a time inside the GEMM where a unit spans at
-    least 8 column panels, so neither takes an NHWC pair copy and the pool
-    stays empty. Narrower units (32 columns: 2 panels) copy NCHW planes into
-    pair rows, which the pool then holds. The packed weights (at most 256 x
-    128 x 9 bfloat16 values) stay below the pool's 1 MiB floor."""
-    use_cpu_isa("avx512_bf16")
+def test_16bit_operands_need_only_the_packed_weights(pool_limit, restore_cpu_isa, memory_format, side, path):
+    """The same for 16-bit operands on AVX-512: channels_last rows (with an
+    even channel count for the bfloat16 pairs) are read as they are, and NCHW
+    planes larger than the output (192 channels into 128 here, both ways) are
+    packed into pairs (AVX512_BF16) or widened a cache block at a time inside
+    the GEMM where a unit spans at least 8 column panels, so the pool stays
+    empty. Narrower units (32 columns: 2 panels) copy NCHW planes into pair
+    rows, or either layout into float rows, which the pool then holds (all
+    above its 1 MiB floor, while the packed weights, at most 192 x 128 x 9
+    float values, stay below it)."""
+    isa, dtype, narrow_copy_element_size, narrow_copy_layouts = path
+    use_cpu_isa(isa)
     atrous_cuda.set_cpu_workspace_cache_limit(256 * MiB)
-    f64, bf16 = torch.float64, torch.bfloat16
-    nchw = memory_format == torch.contiguous_format
     for out_channels in (128, 32):
-        x, w, _ = random_conv_inputs((1, 256, side, side), (out_channels, 256, 3, 3), dtype=bf16, seed=1)
-        copy_bytes = x.numel() * x.element_size() if nchw and out_channels == 32 else 0
+        x, w, _ = random_conv_inputs((1, 192, side, side), (out_channels, 192, 3, 3), dtype=dtype, seed=1)
+        copied = out_channels == 32 and memory_format in narrow_copy_layouts
+        copy_bytes = x.numel() * narrow_copy_element_size if copied else 0
         _C.empty_cpu_workspace_cache()
         y = atrous_conv(x.contiguous(memory_format=memory_format), w, None, padding=6, dilation=6)
         assert _C.cpu_workspace_cache_bytes() == copy_bytes, f"forward to {out_channels} channels"
-        assert_matches(y, torch.nn.functional.conv2d(x.to(f64), w.to(f64), padding=6, dilation=6), bf16,
+        assert_matches(y, torch.nn.functional.conv2d(x.double(), w.double(), padding=6, dilation=6), dtype,
                        f"output, {out_channels} channels")
-    check_grad_input_workspace(side, 128, memory_format, bf16, copy_bytes=0)
+    check_grad_input_workspace(side, 128, memory_format, dtype, copy_bytes=0, out_channels=192)

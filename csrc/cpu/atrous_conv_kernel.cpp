@@ -341,6 +341,18 @@ bool widen_in_gemm(const ConvParams& p, int64_t pixels, int64_t cols) {
   }
 }
 
+// The 16-bit A operand of the widening GEMM (widen_in_gemm): planes are read
+// where they lie, gather_gemm widening each block through registers, on
+// AVX-512 where the rows form runs and a copy would break the workspace bound
+// (as bf16_planes_in_gemm below); anything else is a 16-bit NHWC copy
+// (channels_last rows as they are).
+template <typename scalar_t>
+Tensor widened_in_gemm_operand(const Tensor& t, int64_t pixel_step, const Tensor& output) {
+  const bool planes = t.stride(1) != 1 && pixel_step == 1 && t.numel() > output.numel() &&
+                      cpu::gather_gemm_reads_planes();
+  return planes ? t : to_nhwc<scalar_t>(t);
+}
+
 // The bfloat16 dot-product GEMM reads k in pairs, so its A operand is either
 //   - bfloat16 planes (NCHW) read where they lie, which the GEMM packs into
 //     pairs a cache block at a time (GatherGemmBf16Args::a_step), or
@@ -871,7 +883,7 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
       const Tensor w = pack_weight_panels<acc_t, panel_width<acc_t>(), 1>(weight, p, /*transposed=*/false);
       const int64_t depth = p.in_channels_per_group();
       if (widen_in_gemm<scalar_t, acc_t>(p, p.out_height * p.out_width, p.out_channels_per_group())) {
-        const Tensor x = to_nhwc<scalar_t>(input);  // channels_last: in place
+        const Tensor x = widened_in_gemm_operand<scalar_t>(input, input.stride(3) * p.stride_w, out);
         forward_gemm<scalar_t, acc_t, scalar_t>(p, pixel_rows<scalar_t>(x, p.groups), depth,
                                                 w.data_ptr<acc_t>(), bias_ptr, out);
       } else {
@@ -1456,8 +1468,11 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
         const Tensor w = pack_weight_panels<acc_t, panel_width<acc_t>(), 1>(weight, p, /*transposed=*/true);
         const int64_t depth = p.out_channels_per_group();
         if (widen_in_gemm<scalar_t, acc_t>(p, p.in_height * p.in_width, p.in_channels_per_group()))
-          grad_input_gemm<scalar_t, acc_t, scalar_t>(p, pixel_rows<scalar_t>(gy_own_rows(), p.groups),
-                                                     depth, w.data_ptr<acc_t>(), grad_input);
+          grad_input_gemm<scalar_t, acc_t, scalar_t>(
+              p, pixel_rows<scalar_t>(
+                     widened_in_gemm_operand<scalar_t>(grad_output, grad_output.stride(3), grad_input),
+                     p.groups),
+              depth, w.data_ptr<acc_t>(), grad_input);
         else
           grad_input_gemm<scalar_t, acc_t, acc_t>(
               p,

@@ -232,14 +232,122 @@ inline void strided_gemm_impl(const GatherGemmArgs<T>& args) {
   }
 }
 
+// The register stages of the 16 x 16 transpose of transpose_to_rows (below):
+// r[c] lane k (channel c of pixel k) is stored as dst[k * dst_ld + c], for
+// the first `channels` lanes of the first `pixels` rows. Only shuffles: the
+// 32-bit values move as bits (the bfloat16 pair packing relies on it).
+// (GCC 12 reports a false maybe-uninitialized inside these intrinsics.)
+#if defined(__x86_64__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define ATROUS_TRANSPOSE_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw")))
+ATROUS_TRANSPOSE_AVX512 inline void store_transposed_avx512(const __m512 r[16], int pixels,
+                                                            int channels, float* dst,
+                                                            int64_t dst_ld) {
+  const __mmask16 channel_mask = static_cast<__mmask16>((1u << channels) - 1);
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // a0 b0 a1 b1 per lane
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // a2 b2 a3 b3 per lane
+  }
+  __m512 u[16];
+  for (int q = 0; q < 4; ++q) {
+    const __m512 lo01 = t[4 * q], hi01 = t[4 * q + 1], lo23 = t[4 * q + 2], hi23 = t[4 * q + 3];
+    u[4 * q + 0] = _mm512_shuffle_ps(lo01, lo23, 0x44);  // pixel 4L + 0, channels 4q..4q+3
+    u[4 * q + 1] = _mm512_shuffle_ps(lo01, lo23, 0xEE);  // pixel 4L + 1
+    u[4 * q + 2] = _mm512_shuffle_ps(hi01, hi23, 0x44);  // pixel 4L + 2
+    u[4 * q + 3] = _mm512_shuffle_ps(hi01, hi23, 0xEE);  // pixel 4L + 3
+  }
+  for (int j = 0; j < 4; ++j) {
+    // lanes (L0, L2) and (L1, L3) of channels 0-7 and 8-15
+    const __m512 even_lo = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
+    const __m512 odd_lo = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
+    const __m512 even_hi = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512 odd_hi = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+    const __m512 row[4] = {
+        _mm512_shuffle_f32x4(even_lo, even_hi, 0x88),  // pixel j      (lane 0)
+        _mm512_shuffle_f32x4(odd_lo, odd_hi, 0x88),    // pixel 4 + j  (lane 1)
+        _mm512_shuffle_f32x4(even_lo, even_hi, 0xDD),  // pixel 8 + j  (lane 2)
+        _mm512_shuffle_f32x4(odd_lo, odd_hi, 0xDD),    // pixel 12 + j (lane 3)
+    };
+    for (int L = 0; L < 4; ++L) {
+      const int pixel = 4 * L + j;
+      if (pixel < pixels) _mm512_mask_storeu_ps(dst + pixel * dst_ld, channel_mask, row[L]);
+    }
+  }
+}
+
+// Rows [m0, m1) of a row block (at most kRowBlock) as runs of consecutive
+// pixels (a_rows[m + 1] == a_rows[m] + 1), cut into pieces of at most 16
+// pixels, the vector width of the plane readers below: piece i starts at row
+// m0 + pieces[i].row, whose pointer is the piece's first pixel. Returns the
+// piece count.
+struct RunPiece {
+  int64_t row;
+  int pixels;
+};
+template <typename A>
+inline int64_t run_pieces(const A* const* a_rows, int64_t m0, int64_t m1, RunPiece* pieces) {
+  int64_t count = 0;
+  for (int64_t m = m0; m < m1;) {
+    int64_t end = m + 1;
+    while (end < m1 && a_rows[end] == a_rows[end - 1] + 1) ++end;
+    for (int64_t i0 = m; i0 < end; i0 += 16)
+      pieces[count++] = {i0 - m0, static_cast<int>(end - i0 < 16 ? end - i0 : 16)};
+    m = end;
+  }
+  return count;
+}
+
+// 16 values of a 16-bit plane run (the first `pixels`; a masked load never
+// faults) widened to float: vcvtph2ps for float16, a 16-bit shift for bfloat16.
+template <typename A>
+ATROUS_TRANSPOSE_AVX512 inline __m512 widen16_avx512(const A* src, __mmask16 pixel_mask) {
+  const __m256i raw = _mm256_maskz_loadu_epi16(pixel_mask, src);
+  if constexpr (std::is_same_v<A, c10::Half>)
+    return _mm512_cvtph_ps(raw);
+  else
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// Widens 16-bit A rows [m0, m1) x k [k0, k0 + kc) read from planes (a_step
+// != 1) into float rows kc long, widened[(m - m0) * kc + k] = A[m][k0 + k],
+// 16 pixels of a run of consecutive pixels x 16 planes at a time: each plane's
+// 16 values are widened into one vector, and the 16 vectors transposed into
+// the pixels' rows in registers.
+template <typename A>
+ATROUS_TRANSPOSE_AVX512 void widen_plane_block_avx512(const GatherGemmArgs<float, A>& args,
+                                                      int64_t m0, int64_t m1, int64_t k0,
+                                                      int64_t kc, float* widened) {
+  RunPiece pieces[kRowBlock];
+  const int64_t count = run_pieces(args.a_rows, m0, m1, pieces);
+  for (int64_t i = 0; i < count; ++i) {
+    const int pixels = pieces[i].pixels;
+    const __mmask16 pixel_mask = static_cast<__mmask16>((1u << pixels) - 1);
+    const A* run = args.a_rows[m0 + pieces[i].row];
+    for (int64_t kb = 0; kb < kc; kb += 16) {
+      const int planes = static_cast<int>(kc - kb < 16 ? kc - kb : 16);
+      __m512 v[16];
+      for (int j = 0; j < 16; ++j)
+        v[j] = j < planes ? widen16_avx512(run + (k0 + kb + j) * args.a_step, pixel_mask)
+                          : _mm512_setzero_ps();
+      store_transposed_avx512(v, pixels, planes, widened + pieces[i].row * kc + kb, kc);
+    }
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
 template <typename T, typename A, int VB, int MR>
 inline void gather_gemm_impl(const GatherGemmArgs<T, A>& args) {
   const int64_t width = panel_width<T>();
   const int64_t block = depth_block(args.panels);
   // 16-bit A: the block's rows widened to T, kc apart, and pointers to them
-  // (per thread; unused for float and double A).
+  // (per thread; unused for float and double A). 16-bit planes (a_step != 1,
+  // AVX-512 only) are widened through registers (widen_plane_block_avx512).
   constexpr bool kWiden = !std::is_same_v<A, T>;
-  TORCH_INTERNAL_ASSERT(args.a_step == 1, "gather_gemm_impl: A rows must be contiguous");
+  TORCH_INTERNAL_ASSERT(kWiden || args.a_step == 1, "gather_gemm_impl: A rows must be contiguous");
+  const bool planes = kWiden && args.a_step != 1;
   constexpr std::integral_constant<int64_t, 1> a_step;
   thread_local std::vector<T> widened;
   thread_local std::vector<const T*> widened_rows;
@@ -258,9 +366,12 @@ inline void gather_gemm_impl(const GatherGemmArgs<T, A>& args) {
       const T* const* a_block;
       int64_t a_k0;
       if constexpr (kWiden) {
+#if defined(__x86_64__)
+        if (planes) widen_plane_block_avx512(args, m0, m1, k0, kc, widened.data());
+#endif
         for (int64_t m = m0; m < m1; ++m) {
           T* dst = widened.data() + (m - m0) * kc;
-          widen_to_float(args.a_rows[m] + k0, dst, kc);
+          if (!planes) widen_to_float(args.a_rows[m] + k0, dst, kc);
           widened_rows[m - m0] = dst;
         }
         a_block = widened_rows.data();
@@ -275,7 +386,7 @@ inline void gather_gemm_impl(const GatherGemmArgs<T, A>& args) {
       if (next_m0 >= args.rows) next_m0 = 0, next_k0 = k0 + block;
       const int64_t next_m1 = args.rows - next_m0 < kRowBlock ? args.rows : next_m0 + kRowBlock;
       const int64_t next_kc = args.depth - next_k0 < block ? args.depth - next_k0 : block;
-      const bool prefetch = kWiden && next_k0 < args.depth;
+      const bool prefetch = kWiden && !planes && next_k0 < args.depth;
       for (int64_t p = 0; p < args.panels; ++p) {
         if (prefetch) {
           const int64_t r0 = next_m0 + (next_m1 - next_m0) * p / args.panels;
@@ -437,53 +548,6 @@ ATROUS_AVX512_ATTRIBUTES void run_strided_avx512(const GatherGemmArgs<double>& a
 #undef ATROUS_AVX512_ATTRIBUTES
 #endif
 
-// The register stages of the 16 x 16 transpose of transpose_to_rows (below):
-// r[c] lane k (channel c of pixel k) is stored as dst[k * dst_ld + c], for
-// the first `channels` lanes of the first `pixels` rows. Only shuffles: the
-// 32-bit values move as bits (the bfloat16 pair packing relies on it).
-// (GCC 12 reports a false maybe-uninitialized inside these intrinsics, and in
-// pack_plane_pairs' zero-extensions; the pragma ends after it.)
-#if defined(__x86_64__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#define ATROUS_TRANSPOSE_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw")))
-ATROUS_TRANSPOSE_AVX512 inline void store_transposed_avx512(const __m512 r[16], int pixels,
-                                                            int channels, float* dst,
-                                                            int64_t dst_ld) {
-  const __mmask16 channel_mask = static_cast<__mmask16>((1u << channels) - 1);
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // a0 b0 a1 b1 per lane
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // a2 b2 a3 b3 per lane
-  }
-  __m512 u[16];
-  for (int q = 0; q < 4; ++q) {
-    const __m512 lo01 = t[4 * q], hi01 = t[4 * q + 1], lo23 = t[4 * q + 2], hi23 = t[4 * q + 3];
-    u[4 * q + 0] = _mm512_shuffle_ps(lo01, lo23, 0x44);  // pixel 4L + 0, channels 4q..4q+3
-    u[4 * q + 1] = _mm512_shuffle_ps(lo01, lo23, 0xEE);  // pixel 4L + 1
-    u[4 * q + 2] = _mm512_shuffle_ps(hi01, hi23, 0x44);  // pixel 4L + 2
-    u[4 * q + 3] = _mm512_shuffle_ps(hi01, hi23, 0xEE);  // pixel 4L + 3
-  }
-  for (int j = 0; j < 4; ++j) {
-    // lanes (L0, L2) and (L1, L3) of channels 0-7 and 8-15
-    const __m512 even_lo = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
-    const __m512 odd_lo = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
-    const __m512 even_hi = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
-    const __m512 odd_hi = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
-    const __m512 row[4] = {
-        _mm512_shuffle_f32x4(even_lo, even_hi, 0x88),  // pixel j      (lane 0)
-        _mm512_shuffle_f32x4(odd_lo, odd_hi, 0x88),    // pixel 4 + j  (lane 1)
-        _mm512_shuffle_f32x4(even_lo, even_hi, 0xDD),  // pixel 8 + j  (lane 2)
-        _mm512_shuffle_f32x4(odd_lo, odd_hi, 0xDD),    // pixel 12 + j (lane 3)
-    };
-    for (int L = 0; L < 4; ++L) {
-      const int pixel = 4 * L + j;
-      if (pixel < pixels) _mm512_mask_storeu_ps(dst + pixel * dst_ld, channel_mask, row[L]);
-    }
-  }
-}
-#endif
-
 // ------------------------------------------- bfloat16 pairs (AVX512_BF16) --
 //
 // The fp32 tile above with k taken two at a time: per pair it loads one
@@ -543,33 +607,32 @@ ATROUS_BF16_TARGET inline void bf16_tail_tile(int rows, const c10::BFloat16* con
 // (k | k + 1 << 16), one vector per pair, which store_transposed_avx512 turns
 // into the 16 pixels' rows. Planes past a_channels (an odd group's last pair)
 // read as zeros. Partial blocks load with a pixel mask, which never faults.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12, in the zero-extensions
 ATROUS_BF16_TARGET void pack_plane_pairs(const GatherGemmBf16Args& args, int64_t m0, int64_t m1,
                                          int64_t q0, int64_t qc, c10::BFloat16* packed) {
-  for (int64_t m = m0; m < m1;) {
-    int64_t end = m + 1;
-    while (end < m1 && args.a_rows[end] == args.a_rows[end - 1] + 1) ++end;
-    for (int64_t i0 = m; i0 < end; i0 += 16) {
-      const int pixels = static_cast<int>(end - i0 < 16 ? end - i0 : 16);
-      const __mmask16 pixel_mask = static_cast<__mmask16>((1u << pixels) - 1);
-      const c10::BFloat16* run = args.a_rows[m] + (i0 - m);
-      for (int64_t qb = 0; qb < qc; qb += 16) {
-        const int pairs = static_cast<int>(qc - qb < 16 ? qc - qb : 16);
-        __m512 v[16];
-        for (int j = 0; j < 16; ++j) {
-          const int64_t k = 2 * (q0 + qb + j);
-          __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
-          if (j < pairs && k < args.a_channels)
-            lo = _mm256_maskz_loadu_epi16(pixel_mask, run + k * args.a_step);
-          if (j < pairs && k + 1 < args.a_channels)
-            hi = _mm256_maskz_loadu_epi16(pixel_mask, run + (k + 1) * args.a_step);
-          v[j] = _mm512_castsi512_ps(_mm512_or_si512(
-              _mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16)));
-        }
-        store_transposed_avx512(v, pixels, pairs,
-                                reinterpret_cast<float*>(packed + (i0 - m0) * 2 * qc + 2 * qb), qc);
+  RunPiece pieces[kRowBlock];
+  const int64_t count = run_pieces(args.a_rows, m0, m1, pieces);
+  for (int64_t i = 0; i < count; ++i) {
+    const int pixels = pieces[i].pixels;
+    const __mmask16 pixel_mask = static_cast<__mmask16>((1u << pixels) - 1);
+    const c10::BFloat16* run = args.a_rows[m0 + pieces[i].row];
+    for (int64_t qb = 0; qb < qc; qb += 16) {
+      const int pairs = static_cast<int>(qc - qb < 16 ? qc - qb : 16);
+      __m512 v[16];
+      for (int j = 0; j < 16; ++j) {
+        const int64_t k = 2 * (q0 + qb + j);
+        __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+        if (j < pairs && k < args.a_channels)
+          lo = _mm256_maskz_loadu_epi16(pixel_mask, run + k * args.a_step);
+        if (j < pairs && k + 1 < args.a_channels)
+          hi = _mm256_maskz_loadu_epi16(pixel_mask, run + (k + 1) * args.a_step);
+        v[j] = _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16)));
       }
+      store_transposed_avx512(v, pixels, pairs,
+                              reinterpret_cast<float*>(packed + pieces[i].row * 2 * qc + 2 * qb), qc);
     }
-    m = end;
   }
 }
 #pragma GCC diagnostic pop
@@ -1003,9 +1066,13 @@ void gather_gemm(const GatherGemmArgs<double>& args) {
   args.a_step == 1 ? run(args) : run_strided(args);
 }
 void gather_gemm(const GatherGemmArgs<float, c10::Half>& args) {
+  TORCH_INTERNAL_ASSERT(args.a_step == 1 || gather_gemm_reads_planes(), "gather_gemm: 16-bit A with a step of ",
+                        args.a_step, " on ", cpu_isa());
   if (args.rows > 0 && args.depth > 0 && args.panels > 0) run(args);
 }
 void gather_gemm(const GatherGemmArgs<float, c10::BFloat16>& args) {
+  TORCH_INTERNAL_ASSERT(args.a_step == 1 || gather_gemm_reads_planes(), "gather_gemm: 16-bit A with a step of ",
+                        args.a_step, " on ", cpu_isa());
   if (args.rows > 0 && args.depth > 0 && args.panels > 0) run(args);
 }
 void widen_to_float(const c10::Half* src, float* dst, int64_t n) {

@@ -38,9 +38,10 @@ inline int64_t panels_for(int64_t columns) {
 //
 // A rows need not be contiguous: A[m][k] is a_rows[m][k * a_step], so an
 // NCHW tensor is read where it lies (a_step = the plane size: each k is the
-// same pixel one channel further), as well as NHWC rows (a_step = 1). 16-bit
-// A must be contiguous (a_step = 1), and float or double A may have a step
-// only where gather_gemm_reads_planes().
+// same pixel one channel further), as well as NHWC rows (a_step = 1). A may
+// have a step only where gather_gemm_reads_planes(); 16-bit planes are
+// widened block by block through registers (16 pixels of 16 planes at a time,
+// transposed into the pixels' float rows) in runs of consecutive pixels.
 template <typename T, typename A = T>
 struct GatherGemmArgs {
   int64_t rows;            // M
@@ -55,11 +56,12 @@ struct GatherGemmArgs {
 void gather_gemm(const GatherGemmArgs<float>& args);
 void gather_gemm(const GatherGemmArgs<double>& args);
 
-// Whether gather_gemm reads float and double A with a_step != 1 (NCHW
-// planes) on the active instruction set: AVX-512 only. Its run tiles (12 rows
-// x 2 panels, one pointer per run of consecutive pixels) match or beat an NHWC
-// copy of the operand; AVX2's 16 registers leave 6-row x 1-panel tiles, which
-// measured 7-10% slower than the copy (bench/NOTES.md), so callers copy there.
+// Whether gather_gemm reads A with a_step != 1 (NCHW planes; float and
+// double, and 16-bit widened to float) on the active instruction set: AVX-512
+// only. Its run tiles (12 rows x 2 panels, one pointer per run of consecutive
+// pixels) match or beat an NHWC copy of a float operand; AVX2's 16 registers
+// leave 6-row x 1-panel tiles, which measured 7-10% slower than the copy
+// (bench/NOTES.md), so callers copy there.
 bool gather_gemm_reads_planes();
 void gather_gemm(const GatherGemmArgs<float, c10::Half>& args);
 void gather_gemm(const GatherGemmArgs<float, c10::BFloat16>& args);
