@@ -341,58 +341,57 @@ bool widen_in_gemm(const ConvParams& p, int64_t pixels, int64_t cols) {
   }
 }
 
-// The 16-bit A operand of the widening GEMM (widen_in_gemm): planes are read
-// where they lie, gather_gemm widening each block through registers, on
-// AVX-512 where the rows form runs and a copy would break the workspace bound
-// (as bf16_planes_in_gemm below); anything else is a 16-bit NHWC copy
-// (channels_last rows as they are).
+// Whether 16-bit planes `operand` (the forward's input, or grad_input's
+// grad_output; a pixel's A rows pixel_step apart) are read where they lie by
+// the GEMM that writes `output`, which packs them into bfloat16 pairs
+// (pack_plane_pairs) or widens them to float (widen_plane_block_avx512) a
+// cache block at a time, per unit, tap and column block. That is done where
+// a copy would break the workspace bound (the operand larger than the output)
+// and it costs about what the copy does: on AVX-512, where the gathered rows
+// form runs of consecutive pixels (pixel_step == 1, as in gemm_reads_in_place)
+// and a unit spans at least kWidenInGemmPanels panels (widen_in_gemm). There a
+// forward measured level with the copy (bfloat16 pairs: ASPP OS8 d12 100-102
+// ms packed, 100-105 copied; ResNet layer4 50-58 / 49-62; float16 widened:
+// ASPP OS8 d36 96-99 / 100-103), a grad_input level to 12% slower (bfloat16
+// ASPP OS8 d12 93-110 / 88-95, whose copy of grad_output is an eighth of the
+// output and so within the bound; float16 WaveNet k=2 92-97 / 100-102); units
+// of 2 panels (ASPP OS16 forward) 10-15% slower (26-28 / 24 ms).
+bool planes_16bit_in_gemm(const ConvParams& p, const Tensor& operand, int64_t pixel_step,
+                          const Tensor& output) {
+  const int64_t pixels = output.size(2) * output.size(3), cols = output.size(1) / p.groups;
+  return operand.stride(1) != 1 && pixel_step == 1 && operand.numel() > output.numel() &&
+         cpu::gather_gemm_reads_planes() && widen_in_gemm<BFloat16, float>(p, pixels, cols);
+}
+
+// The 16-bit A operand of the widening GEMM: planes read in place
+// (planes_16bit_in_gemm), else a 16-bit NHWC copy (channels_last rows as
+// they are).
 template <typename scalar_t>
-Tensor widened_in_gemm_operand(const Tensor& t, int64_t pixel_step, const Tensor& output) {
-  const bool planes = t.stride(1) != 1 && pixel_step == 1 && t.numel() > output.numel() &&
-                      cpu::gather_gemm_reads_planes();
-  return planes ? t : to_nhwc<scalar_t>(t);
+Tensor widened_in_gemm_operand(const ConvParams& p, const Tensor& t, int64_t pixel_step,
+                               const Tensor& output) {
+  return planes_16bit_in_gemm(p, t, pixel_step, output) ? t : to_nhwc<scalar_t>(t);
 }
 
 // The bfloat16 dot-product GEMM reads k in pairs, so its A operand is either
 //   - bfloat16 planes (NCHW) read where they lie, which the GEMM packs into
-//     pairs a cache block at a time (GatherGemmBf16Args::a_step), or
+//     pairs a cache block at a time (GatherGemmBf16Args::a_step), where
+//     planes_16bit_in_gemm, or
 //   - bfloat16 NHWC rows whose groups each have an even number of channels:
 //     a channels_last input with even groups as it is, else a copy with the
 //     odd groups padded by a zero channel (a pair that starts at a group's
 //     last channel must not read the next group's first one, or past the
 //     allocation).
-// Planes are packed in the GEMM (bf16_planes_in_gemm) where a copy would
-// break the workspace bound, the operand being larger than the output, and
-// packing is about as fast as the copy: the gathered rows form runs of
-// consecutive pixels (pixel_step == 1, as in gemm_reads_in_place) and a unit
-// spans at least kWidenInGemmPanels panels (widen_in_gemm's rule, for the same
-// reason: the packing is redone per unit, tap and column block). There a
-// forward measured level with the copy (ASPP OS8 d12 100-102 ms packed, 100-105
-// copied; ResNet layer4 50-58 / 49-62; WaveNet k=2 48-56 / 50-94 on a noisy
-// host), a grad_input 0-12% slower (ASPP OS8 d12 93-110 / 88-95, where the
-// copy of grad_output is an eighth of the output and so within the bound);
-// units of 2 panels (ASPP OS16 forward) 10-15% slower (26-28 / 24 ms).
 struct PairRows {
   Tensor storage;
   PixelRows<BFloat16> rows;
   int64_t depth;  // channels per group, rounded up to even
 };
 
-// Whether bfloat16 planes `operand` (the forward's input, or grad_input's
-// grad_output) are packed in the GEMM that writes `output`, a pixel's A rows
-// pixel_step apart (see above).
-bool bf16_planes_in_gemm(const ConvParams& p, const Tensor& operand, int64_t pixel_step,
-                         const Tensor& output) {
-  const int64_t pixels = output.size(2) * output.size(3), cols = output.size(1) / p.groups;
-  return operand.scalar_type() == at::kBFloat16 && operand.stride(1) != 1 && pixel_step == 1 &&
-         operand.numel() > output.numel() && widen_in_gemm<BFloat16, float>(p, pixels, cols);
-}
-
 PairRows bf16_pair_rows(const Tensor& t, int64_t groups, bool planes_in_gemm) {
   const int64_t n = t.size(0), c = t.size(1), h = t.size(2), w = t.size(3);
   const int64_t per_group = c / groups, depth = per_group + per_group % 2;
   const bool bf16 = t.scalar_type() == at::kBFloat16;
-  if (planes_in_gemm) return {t, pixel_rows<BFloat16>(t, groups), depth};
+  if (bf16 && planes_in_gemm) return {t, pixel_rows<BFloat16>(t, groups), depth};
   Tensor storage;
   if (bf16 && depth == per_group && t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
     storage = t;
@@ -842,7 +841,7 @@ bool forward_bf16_dot(const ConvParams& p, const Tensor& input, const Tensor& we
   } else {
     if (!cpu::bf16_dot_active()) return false;
     const PairRows x = bf16_pair_rows(input, p.groups,
-                                      bf16_planes_in_gemm(p, input, input.stride(3) * p.stride_w, out));
+                                      planes_16bit_in_gemm(p, input, input.stride(3) * p.stride_w, out));
     const Tensor w = pack_weight_panels<BFloat16, cpu::kBf16PanelColumns, 2>(weight, p, /*transposed=*/false);
     forward_gemm<scalar_t, float, BFloat16, /*kPairs=*/true>(p, x.rows, x.depth, w.data_ptr<BFloat16>(), bias, out);
     return true;
@@ -883,7 +882,7 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
       const Tensor w = pack_weight_panels<acc_t, panel_width<acc_t>(), 1>(weight, p, /*transposed=*/false);
       const int64_t depth = p.in_channels_per_group();
       if (widen_in_gemm<scalar_t, acc_t>(p, p.out_height * p.out_width, p.out_channels_per_group())) {
-        const Tensor x = widened_in_gemm_operand<scalar_t>(input, input.stride(3) * p.stride_w, out);
+        const Tensor x = widened_in_gemm_operand<scalar_t>(p, input, input.stride(3) * p.stride_w, out);
         forward_gemm<scalar_t, acc_t, scalar_t>(p, pixel_rows<scalar_t>(x, p.groups), depth,
                                                 w.data_ptr<acc_t>(), bias_ptr, out);
       } else {
@@ -1412,7 +1411,7 @@ bool grad_input_bf16_dot(const ConvParams& p, const Tensor& grad_output, const T
   } else {
     if (!cpu::bf16_dot_active()) return false;
     const PairRows gy = bf16_pair_rows(grad_output, p.groups,
-                                       bf16_planes_in_gemm(p, grad_output, grad_output.stride(3), grad_input));
+                                       planes_16bit_in_gemm(p, grad_output, grad_output.stride(3), grad_input));
     const Tensor w = pack_weight_panels<BFloat16, cpu::kBf16PanelColumns, 2>(weight, p, /*transposed=*/true);
     grad_input_gemm<scalar_t, float, BFloat16, /*kPairs=*/true>(p, gy.rows, gy.depth, w.data_ptr<BFloat16>(),
                                                grad_input);
@@ -1470,7 +1469,7 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
         if (widen_in_gemm<scalar_t, acc_t>(p, p.in_height * p.in_width, p.in_channels_per_group()))
           grad_input_gemm<scalar_t, acc_t, scalar_t>(
               p, pixel_rows<scalar_t>(
-                     widened_in_gemm_operand<scalar_t>(grad_output, grad_output.stride(3), grad_input),
+                     widened_in_gemm_operand<scalar_t>(p, grad_output, grad_output.stride(3), grad_input),
                      p.groups),
               depth, w.data_ptr<acc_t>(), grad_input);
         else
