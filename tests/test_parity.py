@@ -373,9 +373,15 @@ def viewed_case_inputs(case, layout, dtype):
     return x, w, b, grad_output
 
 
-@pytest.mark.parametrize("isa", CPU_ISAS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("layout", PLANE_VIEWS.values(), ids=PLANE_VIEWS.keys())
+def on_every_isa_float_dtype_and_plane_view(test):
+    """Parametrizes `test` over every CPU instruction set, float64/float32 and
+    PLANE_VIEWS (arguments isa, dtype, layout)."""
+    test = pytest.mark.parametrize("layout", PLANE_VIEWS.values(), ids=PLANE_VIEWS.keys())(test)
+    test = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])(test)
+    return pytest.mark.parametrize("isa", CPU_ISAS)(test)
+
+
+@on_every_isa_float_dtype_and_plane_view
 def test_grad_weight_reads_nchw_planes_in_place(isa, dtype, layout, restore_cpu_isa):
     use_cpu_isa(isa)
     for case in PLANE_CASES:
@@ -399,9 +405,7 @@ def test_grad_weight_reads_nchw_planes_in_place(isa, dtype, layout, restore_cpu_
 # gather_gemm with a_step = the plane size. Runs take run tiles of 12 rows x 2
 # panels (their tails peeled one size at a time), lone rows pointer tiles; the
 # views and cases above break runs in every way.
-@pytest.mark.parametrize("isa", CPU_ISAS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("layout", PLANE_VIEWS.values(), ids=PLANE_VIEWS.keys())
+@on_every_isa_float_dtype_and_plane_view
 def test_forward_and_grad_input_read_nchw_planes_in_place(isa, dtype, layout, restore_cpu_isa):
     use_cpu_isa(isa)
     for case in PLANE_CASES:

@@ -363,15 +363,6 @@ bool planes_16bit_in_gemm(const ConvParams& p, const Tensor& operand, int64_t pi
          cpu::gather_gemm_reads_planes() && widen_in_gemm<BFloat16, float>(p, pixels, cols);
 }
 
-// The 16-bit A operand of the widening GEMM: planes read in place
-// (planes_16bit_in_gemm), else a 16-bit NHWC copy (channels_last rows as
-// they are).
-template <typename scalar_t>
-Tensor widened_in_gemm_operand(const ConvParams& p, const Tensor& t, int64_t pixel_step,
-                               const Tensor& output) {
-  return planes_16bit_in_gemm(p, t, pixel_step, output) ? t : to_nhwc<scalar_t>(t);
-}
-
 // The bfloat16 dot-product GEMM reads k in pairs, so its A operand is either
 //   - bfloat16 planes (NCHW) read where they lie, which the GEMM packs into
 //     pairs a cache block at a time (GatherGemmBf16Args::a_step), where
@@ -418,9 +409,8 @@ PairRows bf16_pair_rows(const Tensor& t, int64_t groups, bool planes_in_gemm) {
 // a C row: the input's column stride times the conv stride for the
 // forward, grad_output's column stride for grad_input (neighbouring valid
 // input pixels read neighbouring output pixels). Planes without runs (a
-// strided forward: pointer tiles measured 20% slower than the copy) and
-// 16-bit operands (widened from an NHWC copy, or block by block inside
-// gather_gemm) take NHWC rows.
+// strided forward: pointer tiles measured 20% slower than the copy) take
+// NHWC rows. (16-bit operands have a rule of their own, planes_16bit_in_gemm.)
 //
 // A run tile keeps the lines of a depth block of channels (one per channel,
 // a plane apart) cached while it passes over the panels. Addresses 4 KiB
@@ -882,7 +872,9 @@ Tensor conv_forward_cpu(const Tensor& input, const Tensor& weight,
       const Tensor w = pack_weight_panels<acc_t, panel_width<acc_t>(), 1>(weight, p, /*transposed=*/false);
       const int64_t depth = p.in_channels_per_group();
       if (widen_in_gemm<scalar_t, acc_t>(p, p.out_height * p.out_width, p.out_channels_per_group())) {
-        const Tensor x = widened_in_gemm_operand<scalar_t>(p, input, input.stride(3) * p.stride_w, out);
+        const Tensor x = planes_16bit_in_gemm(p, input, input.stride(3) * p.stride_w, out)
+                             ? input
+                             : to_nhwc<scalar_t>(input);  // channels_last: in place
         forward_gemm<scalar_t, acc_t, scalar_t>(p, pixel_rows<scalar_t>(x, p.groups), depth,
                                                 w.data_ptr<acc_t>(), bias_ptr, out);
       } else {
@@ -1468,9 +1460,11 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward_cpu(
         const int64_t depth = p.out_channels_per_group();
         if (widen_in_gemm<scalar_t, acc_t>(p, p.in_height * p.in_width, p.in_channels_per_group()))
           grad_input_gemm<scalar_t, acc_t, scalar_t>(
-              p, pixel_rows<scalar_t>(
-                     widened_in_gemm_operand<scalar_t>(p, grad_output, grad_output.stride(3), grad_input),
-                     p.groups),
+              p,
+              pixel_rows<scalar_t>(planes_16bit_in_gemm(p, grad_output, grad_output.stride(3), grad_input)
+                                       ? grad_output
+                                       : gy_own_rows(),
+                                   p.groups),
               depth, w.data_ptr<acc_t>(), grad_input);
         else
           grad_input_gemm<scalar_t, acc_t, acc_t>(
