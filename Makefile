@@ -37,8 +37,10 @@ test: build
 bench: build
 	$(PY) -m atrous_cuda bench
 
+# Two commands on a borrowed GPU machine: GPU_CHECK_ARGS="--part 1", then "--part 2" (see bench/gpu_check.sh).
+# The script builds with all cores whatever MAX_JOBS says (GPU_CHECK_MAX_JOBS overrides).
 gpu-check:
-	bash bench/gpu_check.sh
+	bash bench/gpu_check.sh $(GPU_CHECK_ARGS)
 
 cmake-check: setup
 	PYTHON=$(abspath $(PY)) bash bench/cmake_check.sh
