@@ -27,6 +27,7 @@ except ImportError as _error:
 else:
     load_error = None
     from . import _assemble_ops  # noqa: F401  (registers the assembling ops' fake kernels and autograd)
+    from . import _wavenet_ops  # noqa: F401  (registers the WaveNet ops' fake kernels and autograd)
     from ._assemble_ops import fcis_assemble, instance_assemble
     from ._C import build_info, empty_cpu_workspace_cache, set_cpu_workspace_cache_limit
     from .convert import convert_model, revert_model

@@ -1,7 +1,8 @@
 // The schema of the atrous ops, defined once. Device kernels register in
 // csrc/cpu/atrous_conv_kernel.cpp and csrc/cuda/atrous_conv_cuda.cu (the
 // convolution) and csrc/cpu/assemble_kernel.cpp and csrc/cuda/assemble_kernel.cu
-// (instance assembling); fake kernels and autograd are registered from Python
+// (instance assembling), csrc/cpu/wavenet_kernel.cpp (WaveNet's gate and
+// incremental generation, CPU only); fake kernels and autograd are registered from Python
 // in atrous_cuda/_ops.py and atrous_cuda/_assemble_ops.py.
 #include <torch/library.h>
 
@@ -40,4 +41,31 @@ TORCH_LIBRARY(atrous, m) {
       "fcis_assemble_backward(Tensor grad_inside, Tensor grad_outside, Tensor rois, "
       "int group_size, int output_size, float spatial_scale, SymInt batch, SymInt height, "
       "SymInt width) -> Tensor");
+
+  // WaveNet's gated activation unit: pre (N, 2G, ...) -> z (N, G, ...),
+  // z = tanh(pre[:, :G]) * sigmoid(pre[:, G:]). Its backward is composed of
+  // torch ops (atrous_cuda/_wavenet_ops.py).
+  m.def("gated_activation(Tensor pre) -> Tensor");
+  // WaveNet incremental generation. wavenet_pack packs a WaveNet's weights
+  // once (gather_gemm panels; `plan` says where each layer's are and how
+  // large the state is); wavenet_step advances every layer by the S steps of
+  // inputs (N, in, S) from time t, teacher-forced, returning the logits
+  // (N, out, S); wavenet_generate runs `steps` autoregressive steps, each
+  // sampled class picking the row of `feedback` (classes, in) that is the next
+  // input, and returns the classes (N, steps). state (slots, N, residual)
+  // holds every layer's ring of past inputs. Conditioning comes projected to
+  // every layer's gate pre-activations: local (N, layers * 2G, S), global
+  // (N, layers * 2G).
+  m.def(
+      "wavenet_pack(Tensor input_weight, Tensor input_bias, Tensor[] conv_weight, Tensor[] conv_bias, "
+      "Tensor[] residual_weight, Tensor[] residual_bias, Tensor[] skip_weight, Tensor[] skip_bias, "
+      "Tensor hidden_weight, Tensor hidden_bias, Tensor output_weight, Tensor output_bias, "
+      "int[] dilations) -> (Tensor packed, Tensor plan)");
+  m.def(
+      "wavenet_step(Tensor(a!) state, Tensor packed, Tensor plan, Tensor inputs, "
+      "Tensor? local_conditioning, Tensor? global_conditioning, int t) -> Tensor");
+  m.def(
+      "wavenet_generate(Tensor(a!) state, Tensor packed, Tensor plan, Tensor first_input, "
+      "Tensor feedback, Tensor? local_conditioning, Tensor? global_conditioning, int t, int steps, "
+      "float temperature, bool greedy, Generator? generator) -> Tensor");
 }

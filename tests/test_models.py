@@ -388,10 +388,12 @@ def test_wavenet_step_by_step_equals_forward_bitwise(dtype, kernel_size, dilatio
     assert torch.equal(model.step(x[:, :, 0]), full[:, :, 0])
 
 
-def test_wavenet_step_cache_is_one_ring_buffer_per_layer_of_its_history():
+def test_wavenet_state_is_one_tensor_of_every_layers_ring():
     model = _small_wavenet(3, (1, 3))
     model.reset_state(2)
-    assert [tuple(b.shape) for b in model._buffers_state] == [(2, 5, 2), (2, 5, 6)] * 2
+    # Histories (k-1)*d = 2, 6, 2, 6 slots of (batch, residual channels).
+    assert tuple(model.state.buffers.shape) == (16, 2, 5)
+    assert model.state.t == 0 and model.state.batch_size == 2
 
 
 def test_wavenet_misuse_is_reported():
@@ -399,8 +401,8 @@ def test_wavenet_misuse_is_reported():
     with pytest.raises(RuntimeError, match="reset_state"):
         model.step(torch.zeros(1, 2, dtype=torch.float64))
     model.reset_state(2)
-    with pytest.raises(ValueError, match=r"expected x_t of size \(2, 2\), got \(2, 2, 1\)"):
-        model.step(torch.zeros(2, 2, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"expected x of size \(2, 2\) or \(2, 2, steps\), got \(2, 3\)"):
+        model.step(torch.zeros(2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"expected input \(N, 2, T\)"):
         model(torch.zeros(1, 3, 10, dtype=torch.float64))
 
@@ -566,7 +568,7 @@ def test_wavenet_step_follows_the_model_when_it_is_cast_after_reset_state():
     model.double()
     rest = [model.step(x[:, :, t]) for t in range(1, 9)]
     assert all(r.dtype == torch.float64 for r in rest)
-    assert all(b.dtype == torch.float64 for b in model._buffers_state)
+    assert model.state.buffers.dtype == torch.float64
     full = model(x)
     # Step 0 ran in float32 and its cached block inputs were rounded to float32, then
     # widened: every later step matches the float64 forward to float32 accuracy.
@@ -578,14 +580,14 @@ def test_wavenet_step_follows_the_model_when_it_is_cast_after_reset_state():
     assert torch.equal(torch.stack([model.step(x[:, :, t]) for t in range(9)], dim=2), full)
 
 
-def test_wavenet_step_rejects_x_t_of_another_dtype_naming_x_t():
+def test_wavenet_step_rejects_x_of_another_dtype_naming_x():
     model = _small_wavenet()
     model.reset_state(2)
-    with pytest.raises(TypeError, match=r"expected x_t of dtype torch.float64 on cpu .*got torch.float32 on cpu"):
+    with pytest.raises(TypeError, match=r"expected x of dtype torch.float64 on cpu .*got torch.float32 on cpu"):
         model.step(torch.zeros(2, 2, dtype=torch.float32))
-    with pytest.raises(TypeError, match="expected x_t to be a tensor, got list"):
+    with pytest.raises(TypeError, match="expected x to be a tensor, got list"):
         model.step([[0.0, 0.0], [0.0, 0.0]])
-    with pytest.raises(ValueError, match=r"expected x_t of size \(2, 2\), got \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"expected x of size \(2, 2\) or \(2, 2, steps\), got \(3, 2\)"):
         model.step(torch.zeros(3, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="expected batch_size to be an int >= 1, got 0"):
         model.reset_state(0)

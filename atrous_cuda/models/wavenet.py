@@ -2,29 +2,47 @@
 
     input     1x1 conv, in_channels -> residual_channels
     block     causal dilated conv (kernel_size taps, dilation d) -> 2*gate_channels,
-              z = tanh(filter) * sigmoid(gate);
+              plus the block's share of the conditioning (below),
+              z = tanh(filter) * sigmoid(gate)   (atrous_cuda's gated_activation);
               residual: x + 1x1(z);  skip: 1x1(z)
               dilations 1, 2, 4, ..., 512, repeated `stacks` times
-    output    sum of skips -> ReLU -> 1x1 -> ReLU -> 1x1 -> out_channels
+    output    sum of skips -> ReLU -> 1x1 -> ReLU -> 1x1 -> out_channels (logits)
+
+Conditioning, as WaveNet vocoders use it:
+    local     features at a lower rate (mel frames, local_channels each), upsampled
+              `upsample_factor` times ("repeat", or "transposed": a learned transposed
+              conv with kernel = stride = the factor), then one 1x1 conv (no bias) to
+              every block's 2*gate_channels pre-activations;
+    global    one vector per sequence (a speaker embedding, global_channels), through a
+              1x1 conv (no bias) to every block's pre-activations, the same at every t.
 
 Incremental generation. Block output at t reads the block's input at
-t, t - d, ..., t - (k-1)d only, so each block keeps a ring buffer of its last
-(k-1)*d inputs (zeros at the start, which is what causal padding means).
-`reset_state(batch_size)` clears the buffers and `step(x_t)` computes one time
-step in O(layers * k) work, independent of t, so T samples cost O(T). Every
-step runs the same ops as `forward` (the dilated conv on the k gathered
-columns, the 1x1 convs on one column).
+t, t - d, ..., t - (k-1)d only, so each block keeps a ring of its last
+(k-1)*d inputs (zeros at the start, which is what causal padding means); all
+rings live in one state tensor (WaveNetState). `reset_state(batch_size)`
+starts a sequence; `step(x)` advances every block by one or more time steps
+in O(layers) work per step; `generate(n)` runs the autoregressive loop,
+feeding each sampled class back as the next input. On the CPU (float32 and
+float64) both run in C++ (csrc/cpu/wavenet_kernel.cpp) on weights packed once
+per generation, and equal `forward` bitwise; elsewhere (CUDA, 16-bit models)
+they run the per-block torch ops below.
 """
-from typing import Optional, Sequence
+import math
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from .._wavenet_ops import gated_activation, wavenet_generate, wavenet_pack, wavenet_step
 from ..functional import atrous_conv1d
-from ..modules import AtrousConv1d
+from ..modules import AtrousConv1d, AtrousConvTranspose2d
 from ._validate import check_int, check_ints
 
-__all__ = ["WaveNet", "WaveNetBlock"]
+__all__ = ["WaveNet", "WaveNetBlock", "WaveNetState"]
+
+# Steps per call of the generation op: progress is reported, and an interrupt
+# (Ctrl-C) is taken, between calls; each call leaves the state consistent.
+_GENERATE_CHUNK = 1024
 
 
 class WaveNetBlock(nn.Module):
@@ -37,17 +55,14 @@ class WaveNetBlock(nn.Module):
         self.residual = AtrousConv1d(gate_channels, residual_channels, 1)
         self.skip = AtrousConv1d(gate_channels, skip_channels, 1)
 
-    def _gated(self, pre):
-        filt, gate = pre.chunk(2, dim=1)
-        # sigmoid(g) = (1 + tanh(g/2)) / 2 exactly (g/2 and /2 are exact). torch's CPU
-        # sigmoid rounds differently in its SIMD body and its scalar tail, so a one-column
-        # step and a whole sequence could differ in the last bit; tanh does not, which
-        # makes step() bitwise equal to forward(). The cost: an absolute error of about
-        # one ulp of 1 where sigmoid(g) is tiny (g < -37 in float64), harmless in a gate.
-        return torch.tanh(filt) * ((1 + torch.tanh(gate * 0.5)) * 0.5)
-
-    def forward(self, x):
-        z = self._gated(self.conv(x))
+    def forward(self, x: Tensor, local: Optional[Tensor] = None, global_: Optional[Tensor] = None):
+        """x (N, R, T); local (N, 2G, T) and global_ (N, 2G, 1): this block's conditioning."""
+        pre = self.conv(x)
+        if local is not None:
+            pre = pre + local
+        if global_ is not None:
+            pre = pre + global_
+        z = _gate(pre)
         return x + self.residual(z), self.skip(z)
 
     @property
@@ -55,40 +70,105 @@ class WaveNetBlock(nn.Module):
         """Number of past inputs the conv reads: (k-1)*d."""
         return (self.kernel_size - 1) * self.dilation
 
-    def step(self, x_t, buffer, t):
-        """x_t (N, C, 1); buffer (N, C, history) holds input t' at column t' mod history."""
+    def step(self, x_t, ring, t, local=None, global_=None):
+        """One step with torch ops. x_t (N, R, 1); ring (history, N, R) holds input t' in slot t' mod history;
+        local and global_ (N, 2G) or None."""
         if self.history > 0:
-            # Tap m of the causal conv reads input t - (k-1-m)*d; for m < k-1 that is in the buffer.
-            cols = [(t - (self.kernel_size - 1 - m) * self.dilation) % self.history
-                    for m in range(self.kernel_size - 1)]
-            window = torch.cat([buffer[:, :, cols], x_t], dim=2)
-            buffer[:, :, t % self.history] = x_t[:, :, 0]
+            # Tap m of the causal conv reads input t - (k-1-m)*d; for m < k-1 that is in the ring.
+            slots = [(t - (self.kernel_size - 1 - m) * self.dilation) % self.history
+                     for m in range(self.kernel_size - 1)]
+            window = torch.cat([ring[slots].permute(1, 2, 0), x_t], dim=2)
+            ring[t % self.history] = x_t[:, :, 0]
         else:
             window = x_t
         pre = atrous_conv1d(window, self.conv.weight, self.conv.bias, dilation=1)
-        z = self._gated(pre)
+        if local is not None:
+            pre = pre + local.unsqueeze(2)
+        if global_ is not None:
+            pre = pre + global_.unsqueeze(2)
+        z = _gate(pre)
         return x_t + self.residual(z), self.skip(z)
+
+
+def _gate(pre: Tensor) -> Tensor:
+    if pre.device.type == "cpu":
+        return torch.ops.atrous.gated_activation(pre)
+    f, g = pre.chunk(2, dim=1)
+    return torch.tanh(f) * torch.sigmoid(g)
+
+
+class WaveNetState:
+    """Where a WaveNet is in a generated sequence: every block's ring of past inputs, in one tensor.
+
+    buffers     (slots, N, residual_channels): block i's ring is
+                buffers[offset_i : offset_i + (k-1)*d_i], input t' in slot t' mod (k-1)*d_i
+    t           steps taken since reset_state
+    next_input  (N, in_channels): the input that generate() chose for step t (the fed-back
+                class of its last step), or None
+
+    It can be copied (clone), moved or cast (to), and put back (model.state = s) to
+    continue a sequence from there.
+    """
+
+    def __init__(self, buffers: Tensor, t: int = 0, next_input: Optional[Tensor] = None):
+        self.buffers = buffers
+        self.t = t
+        self.next_input = next_input
+
+    @property
+    def batch_size(self) -> int:
+        return self.buffers.shape[1]
+
+    def clone(self) -> "WaveNetState":
+        return WaveNetState(self.buffers.clone(), self.t,
+                            None if self.next_input is None else self.next_input.clone())
+
+    def to(self, *args, **kwargs) -> "WaveNetState":
+        return WaveNetState(self.buffers.to(*args, **kwargs), self.t,
+                            None if self.next_input is None else self.next_input.to(*args, **kwargs))
+
+    def __repr__(self):
+        return (f"WaveNetState(batch_size={self.batch_size}, t={self.t}, slots={self.buffers.shape[0]}, "
+                f"dtype={self.buffers.dtype}, device={self.buffers.device})")
 
 
 class WaveNet(nn.Module):
     """WaveNet(in_channels, out_channels, residual_channels=32, gate_channels=32,
-    skip_channels=64, dilations=(1, 2, ..., 512), stacks=2, kernel_size=2).
+    skip_channels=64, dilations=(1, 2, ..., 512), stacks=2, kernel_size=2,
+    local_channels=0, upsample_factor=1, upsample="repeat", global_channels=0).
 
-    forward(x: (N, in_channels, T)) -> (N, out_channels, T); output t depends on
-    inputs 0..t only. `receptive_field` = 1 + (k-1) * sum of dilations.
+    forward(x: (N, in_channels, T), local_conditioning=None, global_conditioning=None)
+    -> (N, out_channels, T); output t depends on inputs 0..t only (and on the
+    conditioning). local_conditioning: frames (N, local_channels, F) with
+    F * upsample_factor >= T (the upsampled features are cut to T);
+    global_conditioning: (N, global_channels). `receptive_field` = 1 + (k-1) * sum of dilations.
     """
+
+    __jit_unused_properties__ = ["state"]
 
     def __init__(self, in_channels: int, out_channels: int, residual_channels: int = 32, gate_channels: int = 32,
                  skip_channels: int = 64, dilations: Sequence[int] = tuple(2 ** i for i in range(10)),
-                 stacks: int = 2, kernel_size: int = 2):
+                 stacks: int = 2, kernel_size: int = 2, local_channels: int = 0, upsample_factor: int = 1,
+                 upsample: str = "repeat", global_channels: int = 0):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
                             ("residual_channels", residual_channels), ("gate_channels", gate_channels),
-                            ("skip_channels", skip_channels), ("stacks", stacks), ("kernel_size", kernel_size)):
+                            ("skip_channels", skip_channels), ("stacks", stacks), ("kernel_size", kernel_size),
+                            ("upsample_factor", upsample_factor)):
             check_int("WaveNet", name, value)
+        check_int("WaveNet", "local_channels", local_channels, minimum=0)
+        check_int("WaveNet", "global_channels", global_channels, minimum=0)
+        if upsample not in ("repeat", "transposed"):
+            raise ValueError(f"WaveNet: expected upsample to be 'repeat' or 'transposed', got {upsample!r}")
         dilations = check_ints("WaveNet", "dilations", dilations)
         self.in_channels = in_channels
+        self.out_channels = out_channels
         self.residual_channels = residual_channels
+        self.gate_channels = gate_channels
+        self.local_channels = local_channels
+        self.global_channels = global_channels
+        self.upsample_factor = upsample_factor
+        self.upsample_mode = upsample
         self.input_conv = AtrousConv1d(in_channels, residual_channels, 1)
         self.blocks = nn.ModuleList(
             [WaveNetBlock(residual_channels, gate_channels, skip_channels, d, kernel_size)
@@ -98,56 +178,417 @@ class WaveNet(nn.Module):
             nn.ReLU(), AtrousConv1d(skip_channels, skip_channels, 1), nn.ReLU(),
             AtrousConv1d(skip_channels, out_channels, 1),
         )
+        # Every block's conditioning comes out of one 1x1 conv: block i reads
+        # channels [2G*i, 2G*(i+1)).
+        conditioned = len(self.blocks) * 2 * gate_channels
+        self.local_conditioning = AtrousConv1d(local_channels, conditioned, 1, bias=False) if local_channels else None
+        self.upsample = (AtrousConvTranspose2d(local_channels, local_channels, (1, upsample_factor),
+                                               stride=(1, upsample_factor))
+                         if local_channels and upsample == "transposed" else None)
+        self.global_conditioning = (AtrousConv1d(global_channels, conditioned, 1, bias=False)
+                                    if global_channels else None)
         self.receptive_field = 1 + sum(b.history for b in self.blocks)
-        self._buffers_state = None
-        self._t = 0
+        self._state = None  # a WaveNetState after reset_state
+        self._packed = None  # (key, parameters, packed, plan) of the C++ generation path
 
-    def forward(self, x):
+    # ------------------------------------------------------------------ forward --
+
+    def upsample_conditioning(self, frames: Tensor) -> Tensor:
+        """Local-conditioning frames (N, local_channels, F) -> features at the sample rate
+        (N, local_channels, F * upsample_factor): the columns that step() takes."""
+        if self.local_channels == 0:
+            raise ValueError("WaveNet: this model has no local conditioning (local_channels=0)")
+        if frames.dim() != 3 or frames.shape[1] != self.local_channels:
+            raise ValueError(f"WaveNet: expected local_conditioning frames (N, {self.local_channels}, F), "
+                             f"got size {list(frames.shape)}")
+        if self.upsample is not None:
+            return self.upsample(frames.unsqueeze(2)).squeeze(2)
+        return frames.repeat_interleave(self.upsample_factor, dim=2)
+
+    def _conditioning(self, x: Tensor, local_conditioning: Optional[Tensor], global_conditioning: Optional[Tensor]):
+        """Every block's conditioning for the T columns of x: (N, blocks*2G, T) and (N, blocks*2G, 1), or None."""
+        n, length = x.shape[0], x.shape[2]
+        local: Optional[Tensor] = None
+        glob: Optional[Tensor] = None
+        if local_conditioning is not None:
+            if self.local_conditioning is None:
+                raise ValueError("WaveNet: got local_conditioning, but the model has local_channels=0")
+            if local_conditioning.dim() != 3 or local_conditioning.shape[0] != n:
+                raise ValueError(f"WaveNet: expected local_conditioning frames ({n}, {self.local_channels}, F), "
+                                 f"got size {list(local_conditioning.shape)}")
+            features = self.upsample_conditioning(local_conditioning)
+            if features.shape[2] < length:
+                raise ValueError(f"WaveNet: expected local_conditioning to cover the {length} samples "
+                                 f"(at least {-(-length // self.upsample_factor)} frames of {self.upsample_factor}), "
+                                 f"got {local_conditioning.shape[2]} frames")
+            local = self.local_conditioning(features[:, :, :length])
+        elif self.local_conditioning is not None:
+            raise ValueError(f"WaveNet: expected local_conditioning frames (N, {self.local_channels}, F): "
+                             "the model was built with local_channels")
+        if global_conditioning is not None:
+            if self.global_conditioning is None:
+                raise ValueError("WaveNet: got global_conditioning, but the model has global_channels=0")
+            if global_conditioning.dim() != 2 or global_conditioning.shape[0] != n or \
+                    global_conditioning.shape[1] != self.global_channels:
+                raise ValueError(f"WaveNet: expected global_conditioning of size ({n}, {self.global_channels}), "
+                                 f"got {list(global_conditioning.shape)}")
+            glob = self.global_conditioning(global_conditioning.unsqueeze(2))
+        elif self.global_conditioning is not None:
+            raise ValueError(f"WaveNet: expected global_conditioning (N, {self.global_channels}): "
+                             "the model was built with global_channels")
+        return local, glob
+
+    def forward(self, x: Tensor, local_conditioning: Optional[Tensor] = None,
+                global_conditioning: Optional[Tensor] = None) -> Tensor:
         if x.dim() != 3 or x.shape[1] != self.in_channels:
             raise ValueError(f"WaveNet: expected input (N, {self.in_channels}, T), got size " + str(list(x.shape)))
+        local, glob = self._conditioning(x, local_conditioning, global_conditioning)
         h = self.input_conv(x)
-        skips: Optional[torch.Tensor] = None
-        for block in self.blocks:
-            h, s = block(h)
+        skips: Optional[Tensor] = None
+        width = 2 * self.gate_channels
+        for i, block in enumerate(self.blocks):
+            local_i: Optional[Tensor] = None
+            glob_i: Optional[Tensor] = None
+            if local is not None:
+                local_i = local[:, i * width:(i + 1) * width]
+            if glob is not None:
+                glob_i = glob[:, i * width:(i + 1) * width]
+            h, s = block(h, local_i, glob_i)
             skips = s if skips is None else skips + s
         assert skips is not None  # the constructor requires at least one block
         return self.output(skips)
 
+    # ------------------------------------------------------- incremental state --
+
+    def _slot_offsets(self) -> List[int]:
+        offsets, total = [], 0
+        for b in self.blocks:
+            offsets.append(total)
+            total += b.history
+        return offsets + [total]
+
     def reset_state(self, batch_size: int):
-        """Starts a new sequence of `step` calls for batch_size sequences (all past inputs zero)."""
+        """Starts a new sequence of `step`/`generate` calls for batch_size sequences (all past inputs zero)."""
         check_int("WaveNet.reset_state", "batch_size", batch_size)
         p = self.input_conv.weight
-        self._buffers_state = [p.new_zeros(batch_size, self.residual_channels, b.history) for b in self.blocks]
-        self._t = 0
+        slots = self._slot_offsets()[-1]
+        self._state = WaveNetState(p.new_zeros(slots, batch_size, self.residual_channels))
+        self._packed = None  # re-read the parameter objects
+
+    @property
+    def state(self) -> Optional[WaveNetState]:
+        """The generation state (None before reset_state); assign a WaveNetState to continue from it."""
+        return self._state
+
+    @state.setter
+    def state(self, value: Optional[WaveNetState]):
+        if value is not None:
+            if not isinstance(value, WaveNetState):
+                raise TypeError(f"WaveNet.state: expected a WaveNetState or None, got {type(value).__name__}")
+            expected = (self._slot_offsets()[-1], self.residual_channels)
+            got = (value.buffers.shape[0], value.buffers.shape[2]) if value.buffers.dim() == 3 else None
+            if got != expected:
+                raise ValueError(f"WaveNet.state: expected buffers of size ({expected[0]}, N, {expected[1]}) "
+                                 f"for this model, got {list(value.buffers.shape)}")
+        self._state = value
+
+    def _current_state(self, caller: str) -> WaveNetState:
+        if self._state is None:
+            raise RuntimeError(f"WaveNet.{caller}: call reset_state(batch_size) first")
+        p = self.input_conv.weight
+        state = self._state
+        if state.buffers.dtype != p.dtype or state.buffers.device != p.device:
+            # The model was moved (model.to(...)) since reset_state: the state follows it,
+            # keeping the past inputs it holds (converted like the parameters were).
+            state = self._state = state.to(device=p.device, dtype=p.dtype)
+        return state
+
+    def _native(self) -> bool:
+        """Whether step/generate run the C++ op: CPU parameters of float32 or float64."""
+        p = self.input_conv.weight
+        return p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
+
+    def _pack_arguments(self):
+        blocks = self.blocks
+        hidden, output = self.output[1], self.output[3]
+
+        def bias(conv):
+            return conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.weight.shape[0])
+
+        return (self.input_conv.weight, bias(self.input_conv),
+                [b.conv.weight for b in blocks], [bias(b.conv) for b in blocks],
+                [b.residual.weight for b in blocks], [bias(b.residual) for b in blocks],
+                [b.skip.weight for b in blocks], [bias(b.skip) for b in blocks],
+                hidden.weight, bias(hidden), output.weight, bias(output),
+                [b.dilation for b in blocks])
+
+    def _packed_weights(self):
+        """The packed weights of the C++ path: packed once, again whenever a parameter changes
+        in place (optimizer step, load_state_dict, .to()): its version or storage then differ."""
+        cache = self._packed
+        if cache is not None:
+            key, params, packed, plan = cache
+            if key == tuple((p._version, p.data_ptr()) for p in params):
+                return packed, plan
+        args = self._pack_arguments()
+        params = [t for a in args[:-1] for t in (a if isinstance(a, list) else [a])]
+        with torch.no_grad():
+            packed, plan = wavenet_pack(*(a.detach() if isinstance(a, Tensor) else [t.detach() for t in a]
+                                          for a in args[:-1]), args[-1])
+        self._packed = (tuple((p._version, p.data_ptr()) for p in params), params, packed, plan)
+        return packed, plan
+
+    def _step_conditioning(self, n: int, steps: int, local: Optional[Tensor], glob: Optional[Tensor], caller: str):
+        """Projected conditioning for `steps` steps: local (N, blocks*2G, steps) from upsampled
+        features (N, local_channels, steps), global (N, blocks*2G) from (N, global_channels)."""
+        local_proj = glob_proj = None
+        if self.local_conditioning is not None:
+            if local is None:
+                raise ValueError(f"WaveNet.{caller}: expected local_conditioning (the model has local_channels="
+                                 f"{self.local_channels})")
+            if local.dim() != 3 or tuple(local.shape) != (n, self.local_channels, steps):
+                raise ValueError(f"WaveNet.{caller}: expected local_conditioning of size "
+                                 f"({n}, {self.local_channels}, {steps}), got {list(local.shape)}")
+            local_proj = self.local_conditioning(local)
+        elif local is not None:
+            raise ValueError(f"WaveNet.{caller}: got local_conditioning, but the model has local_channels=0")
+        if self.global_conditioning is not None:
+            if glob is None:
+                raise ValueError(f"WaveNet.{caller}: expected global_conditioning (the model has global_channels="
+                                 f"{self.global_channels})")
+            if glob.dim() != 2 or tuple(glob.shape) != (n, self.global_channels):
+                raise ValueError(f"WaveNet.{caller}: expected global_conditioning of size "
+                                 f"({n}, {self.global_channels}), got {list(glob.shape)}")
+            glob_proj = self.global_conditioning(glob.unsqueeze(2))[:, :, 0]
+        elif glob is not None:
+            raise ValueError(f"WaveNet.{caller}: got global_conditioning, but the model has global_channels=0")
+        return local_proj, glob_proj
+
+    def _check_tensor(self, caller: str, name: str, value):
+        p = self.input_conv.weight
+        if not isinstance(value, Tensor):
+            raise TypeError(f"WaveNet.{caller}: expected {name} to be a tensor, got {type(value).__name__}")
+        if value.dtype != p.dtype or value.device != p.device:
+            raise TypeError(f"WaveNet.{caller}: expected {name} of dtype {p.dtype} on {p.device} (the model's "
+                            f"parameters), got {value.dtype} on {value.device}")
+
+    def _steps_torch(self, state: WaveNetState, x: Tensor, local: Optional[Tensor], glob: Optional[Tensor]):
+        """Steps with torch ops, one block at a time: x (N, in, S) -> (N, out, S)."""
+        offsets = self._slot_offsets()
+        width = 2 * self.gate_channels
+        outputs = []
+        for s in range(x.shape[2]):
+            t = state.t
+            h = self.input_conv(x[:, :, s:s + 1])
+            skips: Optional[Tensor] = None
+            for i, block in enumerate(self.blocks):
+                ring = state.buffers[offsets[i]:offsets[i + 1]]
+                local_i = None if local is None else local[:, i * width:(i + 1) * width, s]
+                glob_i = None if glob is None else glob[:, i * width:(i + 1) * width]
+                h, skip = block.step(h, ring, t, local_i, glob_i)
+                skips = skip if skips is None else skips + skip
+            outputs.append(self.output(skips))
+            state.t = t + 1
+        return torch.cat(outputs, dim=2)
 
     @torch.no_grad()
-    def step(self, x_t):
-        """One time step: x_t (N, in_channels) -> output at that step (N, out_channels).
+    def step(self, x: Tensor, local_conditioning: Optional[Tensor] = None,
+             global_conditioning: Optional[Tensor] = None) -> Tensor:
+        """Teacher-forced steps: x (N, in_channels) -> (N, out_channels), or S steps at once,
+        x (N, in_channels, S) -> (N, out_channels, S).
 
-        Equal to forward(x)[:, :, t] for the t-th call since reset_state.
-        Runs without autograd (generation). x_t must have the dtype and device
-        of the model's parameters; the step cache follows the model if it is
-        moved or cast (model.to(...)) between reset_state and step.
+        Equal to forward(x)[:, :, t] for the t-th step since reset_state (bitwise on
+        the CPU in float32/float64). local_conditioning: the upsampled features of
+        these steps, (N, local_channels) or (N, local_channels, S) (columns of
+        upsample_conditioning(frames)); global_conditioning: (N, global_channels).
+        Runs without autograd. x must have the dtype and device of the model's
+        parameters; the state follows the model if it is moved or cast
+        (model.to(...)) between reset_state and step.
         """
-        if self._buffers_state is None:
-            raise RuntimeError("WaveNet.step: call reset_state(batch_size) first")
-        if not isinstance(x_t, torch.Tensor):
-            raise TypeError(f"WaveNet.step: expected x_t to be a tensor, got {type(x_t).__name__}")
-        n = self._buffers_state[0].shape[0]
-        if x_t.dim() != 2 or x_t.shape != (n, self.in_channels):
-            raise ValueError(f"WaveNet.step: expected x_t of size ({n}, {self.in_channels}), got {tuple(x_t.shape)}")
+        state = self._current_state("step")
+        self._check_tensor("step", "x", x)
+        n = state.batch_size
+        single = x.dim() == 2
+        if (x.dim() not in (2, 3) or x.shape[0] != n or x.shape[1] != self.in_channels):
+            raise ValueError(f"WaveNet.step: expected x of size ({n}, {self.in_channels}) or "
+                             f"({n}, {self.in_channels}, steps), got {tuple(x.shape)}")
+        inputs = x.unsqueeze(2) if single else x
+        if local_conditioning is not None:
+            self._check_tensor("step", "local_conditioning", local_conditioning)
+            if single and local_conditioning.dim() == 2:
+                local_conditioning = local_conditioning.unsqueeze(2)
+        if global_conditioning is not None:
+            self._check_tensor("step", "global_conditioning", global_conditioning)
+        local, glob = self._step_conditioning(n, inputs.shape[2], local_conditioning, global_conditioning, "step")
+        state.next_input = None
+        if self._native():
+            packed, plan = self._packed_weights()
+            out = wavenet_step(state.buffers, packed, plan, inputs, local, glob, state.t)
+            state.t += inputs.shape[2]
+        else:
+            out = self._steps_torch(state, inputs, local, glob)
+        return out[:, :, 0] if single else out
+
+    def _feedback_table(self, feedback) -> Tensor:
         p = self.input_conv.weight
-        if x_t.dtype != p.dtype or x_t.device != p.device:
-            raise TypeError(f"WaveNet.step: expected x_t of dtype {p.dtype} on {p.device} (the model's parameters), "
-                            f"got {x_t.dtype} on {x_t.device}")
-        if self._buffers_state[0].dtype != p.dtype or self._buffers_state[0].device != p.device:
-            # The model was moved (model.to(...)) since reset_state: the cache follows it,
-            # keeping the past inputs it holds (converted like the parameters were).
-            self._buffers_state = [b.to(device=p.device, dtype=p.dtype) for b in self._buffers_state]
-        h = self.input_conv(x_t.unsqueeze(2))
-        skips = 0
-        for block, buffer in zip(self.blocks, self._buffers_state):
-            h, s = block.step(h, buffer, self._t)
-            skips = skips + s
-        self._t += 1
-        return self.output(skips)[:, :, 0]
+        classes, width = self.out_channels, self.in_channels
+        if isinstance(feedback, str):
+            if feedback == "one_hot":
+                if classes != width:
+                    raise ValueError(f"WaveNet.generate: feedback='one_hot' needs in_channels == out_channels, got "
+                                     f"{width} and {classes}")
+                return torch.eye(classes, dtype=p.dtype, device=p.device)
+            if feedback == "mu_law":
+                if width != 1:
+                    raise ValueError(f"WaveNet.generate: feedback='mu_law' needs in_channels == 1, got {width}")
+                return mu_law_decode(torch.arange(classes, device=p.device), classes).to(p.dtype).unsqueeze(1)
+            raise ValueError(f"WaveNet.generate: expected feedback to be 'one_hot', 'mu_law', a tensor "
+                             f"({classes}, {width}) or an nn.Embedding, got {feedback!r}")
+        if isinstance(feedback, nn.Embedding):
+            feedback = feedback.weight
+        if not isinstance(feedback, Tensor) or feedback.dim() != 2 or tuple(feedback.shape) != (classes, width):
+            shape = list(feedback.shape) if isinstance(feedback, Tensor) else type(feedback).__name__
+            raise ValueError(f"WaveNet.generate: expected feedback of size ({classes}, {width}) (the model input "
+                             f"for each output class), got {shape}")
+        return feedback.detach().to(device=p.device, dtype=p.dtype)
+
+    @torch.no_grad()
+    def generate(self, num_samples: Optional[int] = None, first_input: Optional[Tensor] = None, *,
+                 temperature: float = 1.0, greedy: bool = False, feedback: Union[str, Tensor, nn.Embedding] = "one_hot",
+                 local_conditioning: Optional[Tensor] = None, global_conditioning: Optional[Tensor] = None,
+                 generator: Optional[torch.Generator] = None,
+                 progress: Union[bool, Callable[[int, int], None]] = False) -> Tensor:
+        """Autoregressive generation from the current state (reset_state first): returns the
+        classes (N, num_samples), int64.
+
+        Each step's output is turned into a class, greedily (argmax, `greedy=True`) or by
+        sampling softmax(logits / temperature); that class's row of `feedback` is the next
+        step's input: 'one_hot' (in_channels == out_channels), 'mu_law' (in_channels == 1:
+        the class's mu-law value in [-1, 1], for 8-bit mu-law audio), a tensor
+        (out_channels, in_channels) or an nn.Embedding. The first step's input is
+        `first_input` (N, in_channels), by default the state's next_input (where an earlier
+        generate stopped) or zeros. local_conditioning: frames (N, local_channels, F)
+        covering the samples to generate, the first of them at the first generated sample
+        (num_samples defaults to F * upsample_factor); global_conditioning (N, global_channels).
+        `generator` makes sampling reproducible (default: torch's global generator);
+        `progress=True` shows a bar, or pass a callable(done, total).
+
+        The state advances as steps are taken: after an interrupt it holds every finished
+        chunk, and generate() continues from there.
+        """
+        state = self._current_state("generate")
+        n = state.batch_size
+        p = self.input_conv.weight
+        features = None
+        if local_conditioning is not None:
+            self._check_tensor("generate", "local_conditioning", local_conditioning)
+            if local_conditioning.dim() != 3 or local_conditioning.shape[0] != n:
+                raise ValueError(f"WaveNet.generate: expected local_conditioning frames ({n}, {self.local_channels}"
+                                 f", F), got size {list(local_conditioning.shape)}")
+            features = self.upsample_conditioning(local_conditioning)
+            if num_samples is None:
+                num_samples = features.shape[2]
+            elif features.shape[2] < num_samples:
+                raise ValueError(f"WaveNet.generate: expected local_conditioning to cover the {num_samples} samples "
+                                 f"(at least {-(-num_samples // self.upsample_factor)} frames), got "
+                                 f"{local_conditioning.shape[2]} frames")
+        elif self.local_conditioning is not None:
+            raise ValueError(f"WaveNet.generate: expected local_conditioning frames (N, {self.local_channels}, F): "
+                             "the model was built with local_channels")
+        if num_samples is None:
+            raise ValueError("WaveNet.generate: expected num_samples (an int >= 1), got None")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"WaveNet.generate: expected num_samples to be an int >= 1, got {num_samples!r}")
+        if not greedy and not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                               and temperature > 0):
+            raise ValueError(f"WaveNet.generate: expected temperature > 0 (or greedy=True), got {temperature!r}")
+        if global_conditioning is not None:
+            self._check_tensor("generate", "global_conditioning", global_conditioning)
+        table = self._feedback_table(feedback)
+        if first_input is None:
+            first_input = state.next_input if state.next_input is not None else p.new_zeros(n, self.in_channels)
+        self._check_tensor("generate", "first_input", first_input)
+        if tuple(first_input.shape) != (n, self.in_channels):
+            raise ValueError(f"WaveNet.generate: expected first_input of size ({n}, {self.in_channels}), "
+                             f"got {list(first_input.shape)}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"WaveNet.generate: expected generator to be a torch.Generator, got "
+                            f"{type(generator).__name__}")
+        report = _progress(progress, num_samples)
+        _, glob = self._step_conditioning(n, 1, None if features is None else features[:, :, :1],
+                                          global_conditioning, "generate")
+        native = self._native()
+        chunks = []
+        x = first_input
+        done = 0
+        try:
+            while done < num_samples:
+                steps = min(_GENERATE_CHUNK, num_samples - done)
+                local = None
+                if features is not None:
+                    local = self.local_conditioning(features[:, :, done:done + steps])
+                if native:
+                    packed, plan = self._packed_weights()
+                    samples = wavenet_generate(state.buffers, packed, plan, x.contiguous(), table, local, glob,
+                                               state.t, steps, float(temperature), bool(greedy), generator)
+                    state.t += steps
+                else:
+                    samples = self._generate_torch(state, x, table, local, glob, steps, temperature, greedy,
+                                                   generator)
+                chunks.append(samples)
+                x = table[samples[:, -1]]
+                state.next_input = x
+                done += steps
+                report(done)
+        finally:
+            report(None)
+        return torch.cat(chunks, dim=1)
+
+    def _generate_torch(self, state, x, table, local, glob, steps, temperature, greedy, generator):
+        samples = []
+        for s in range(steps):
+            logits = self._steps_torch(state, x.unsqueeze(2), None if local is None else local[:, :, s:s + 1],
+                                       glob)[:, :, 0]
+            if greedy:
+                k = logits.argmax(dim=1)
+            else:
+                probs = torch.softmax(logits.double() / temperature, dim=1)
+                k = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            samples.append(k)
+            x = table[k]
+        return torch.stack(samples, dim=1)
+
+
+def mu_law_decode(classes: Tensor, quantization_channels: int = 256) -> Tensor:
+    """The value in [-1, 1] of each mu-law class (mu = quantization_channels - 1):
+    y = 2k / mu - 1, x = sign(y) * ((1 + mu)^|y| - 1) / mu."""
+    mu = quantization_channels - 1
+    y = classes.to(torch.float64) * (2.0 / mu) - 1.0
+    return torch.sign(y) * torch.expm1(y.abs() * math.log1p(mu)) / mu
+
+
+def _progress(progress, total):
+    """report(done) after each chunk, report(None) at the end."""
+    if callable(progress):
+        return lambda done: None if done is None else progress(done, total)
+    if not progress:
+        return lambda done: None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # no bar without tqdm: a line per chunk on stderr
+        import sys
+
+        def report(done):
+            if done is not None:
+                print(f"WaveNet.generate: {done}/{total} samples", file=sys.stderr)
+        return report
+    bar = tqdm(total=total, unit="sample", desc="WaveNet.generate")
+    shown = [0]
+
+    def report(done):
+        if done is None:
+            bar.close()
+        else:
+            bar.update(done - shown[0])
+            shown[0] = done
+    return report
