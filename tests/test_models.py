@@ -1,6 +1,6 @@
 """The guide's architectures (atrous_cuda.models): shapes and gradients, every conv on
 the atrous kernels, float64 equivalence with torchvision and with the same network on
-torch's convs, ASPP at batch size 1, WaveNet causality and incremental generation."""
+torch's convs, ASPP at batch size 1 (WaveNet's own tests are in test_wavenet.py)."""
 import copy
 
 import pytest
@@ -319,94 +319,6 @@ def test_linknet_encoder_loads_torchvision_resnet18():
     assert not result.missing_keys and not result.unexpected_keys
 
 
-# ----------------------------------------------------------------- WaveNet --
-
-
-def _small_wavenet(kernel_size=2, dilations=(1, 2, 4, 8), dtype=torch.float64):
-    torch.manual_seed(0)
-    return WaveNet(2, 3, residual_channels=5, gate_channels=6, skip_channels=7, dilations=dilations,
-                   stacks=2, kernel_size=kernel_size).to(dtype)
-
-
-def test_wavenet_default_is_dilations_1_to_512_repeated():
-    model = WaveNet(1, 4, residual_channels=2, gate_channels=2, skip_channels=2)
-    assert [b.conv.dilation[0] for b in model.blocks] == [2 ** i for i in range(10)] * 2
-    assert model.receptive_field == 1 + 2 * 1023
-    _assert_every_conv_is_atrous(model)
-
-
-def test_wavenet_shapes_and_gradients():
-    model = _small_wavenet()
-    x = seeded_randn((2, 2, 50)).requires_grad_()
-    y = model(x)
-    assert y.shape == (2, 3, 50)
-    y.sum().backward()
-    assert torch.isfinite(x.grad).all()
-    # The last block's residual output feeds nothing (only skips reach the output).
-    unused = {f"blocks.{len(model.blocks) - 1}.residual.{p}" for p in ("weight", "bias")}
-    for name, p in model.named_parameters():
-        assert (p.grad is None) == (name in unused), name
-
-
-@pytest.mark.parametrize("kernel_size,dilations", [(2, (1, 2, 4, 8)), (3, (1, 3, 9))])
-def test_wavenet_is_causal(kernel_size, dilations):
-    model = _small_wavenet(kernel_size, dilations)
-    x = seeded_randn((2, 2, 60))
-    t0 = 37
-    changed = x.clone()
-    changed[:, :, t0:] = seeded_randn((2, 2, 60 - t0), seed=9)
-    with torch.no_grad():
-        y, y_changed = model(x), model(changed)
-    assert torch.equal(y[:, :, :t0], y_changed[:, :, :t0])
-    assert not torch.equal(y[:, :, t0], y_changed[:, :, t0])
-
-
-@pytest.mark.parametrize("kernel_size,dilations", [(2, (1, 2, 4, 8)), (3, (1, 3, 9))])
-def test_wavenet_receptive_field_is_exactly_the_past_it_reads(kernel_size, dilations):
-    """The gradient of output t is non-zero exactly on inputs t - receptive_field + 1 .. t."""
-    model = _small_wavenet(kernel_size, dilations)
-    length, t = 80, 70
-    x = seeded_randn((1, 2, length)).requires_grad_()
-    model(x)[0, :, t].sum().backward()
-    reached = (x.grad[0].abs().sum(0) > 0).nonzero().flatten().tolist()
-    assert reached == list(range(t - model.receptive_field + 1, t + 1))
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("kernel_size,dilations", [(2, (1, 2, 4, 8)), (3, (1, 3))])
-def test_wavenet_step_by_step_equals_forward_bitwise(dtype, kernel_size, dilations):
-    model = _small_wavenet(kernel_size, dilations, dtype)
-    length = 40  # past the receptive field (31 and 17), so the ring buffers wrap
-    x = seeded_randn((3, 2, length), dtype=dtype)
-    with torch.no_grad():
-        full = model(x)
-    model.reset_state(3)
-    steps = torch.stack([model.step(x[:, :, t]) for t in range(length)], dim=2)
-    assert torch.equal(steps, full), f"max difference {(steps - full).abs().max().item()}"
-    # reset_state starts over.
-    model.reset_state(3)
-    assert torch.equal(model.step(x[:, :, 0]), full[:, :, 0])
-
-
-def test_wavenet_state_is_one_tensor_of_every_layers_ring():
-    model = _small_wavenet(3, (1, 3))
-    model.reset_state(2)
-    # Histories (k-1)*d = 2, 6, 2, 6 slots of (batch, residual channels).
-    assert tuple(model.state.buffers.shape) == (16, 2, 5)
-    assert model.state.t == 0 and model.state.batch_size == 2
-
-
-def test_wavenet_misuse_is_reported():
-    model = _small_wavenet()
-    with pytest.raises(RuntimeError, match="reset_state"):
-        model.step(torch.zeros(1, 2, dtype=torch.float64))
-    model.reset_state(2)
-    with pytest.raises(ValueError, match=r"expected x of size \(2, 2\) or \(2, 2, steps\), got \(2, 3\)"):
-        model.step(torch.zeros(2, 3, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"expected input \(N, 2, T\)"):
-        model(torch.zeros(1, 3, 10, dtype=torch.float64))
-
-
 # ----------------------------------------------------------------- TorchScript --
 
 def _tiny_scriptable_models():
@@ -554,40 +466,3 @@ def test_model_constructors_reject_invalid_arguments_naming_them(case):
     build, message = _invalid_constructor_calls()[case]
     with pytest.raises(ValueError, match=message):
         build()
-
-
-# ------------------------------------------------------------- WaveNet state --
-
-def test_wavenet_step_follows_the_model_when_it_is_cast_after_reset_state():
-    # reset_state in float32, then model.double(): the cache follows the parameters (no
-    # dtype error inside step) and generation still equals forward, now in float64.
-    model = _small_wavenet(2, (1, 2, 4)).float()
-    x = seeded_randn((2, 2, 9), dtype=torch.float64)
-    model.reset_state(2)
-    first = model.step(x[:, :, 0].float())
-    model.double()
-    rest = [model.step(x[:, :, t]) for t in range(1, 9)]
-    assert all(r.dtype == torch.float64 for r in rest)
-    assert model.state.buffers.dtype == torch.float64
-    full = model(x)
-    # Step 0 ran in float32 and its cached block inputs were rounded to float32, then
-    # widened: every later step matches the float64 forward to float32 accuracy.
-    torch.testing.assert_close(first.double(), full[:, :, 0], rtol=1e-5, atol=1e-5)
-    steps = torch.stack(rest, dim=2)
-    torch.testing.assert_close(steps, full[:, :, 1:], rtol=1e-5, atol=1e-5)
-    # And a fresh reset_state in float64 gives forward bitwise, as before any cast.
-    model.reset_state(2)
-    assert torch.equal(torch.stack([model.step(x[:, :, t]) for t in range(9)], dim=2), full)
-
-
-def test_wavenet_step_rejects_x_of_another_dtype_naming_x():
-    model = _small_wavenet()
-    model.reset_state(2)
-    with pytest.raises(TypeError, match=r"expected x of dtype torch.float64 on cpu .*got torch.float32 on cpu"):
-        model.step(torch.zeros(2, 2, dtype=torch.float32))
-    with pytest.raises(TypeError, match="expected x to be a tensor, got list"):
-        model.step([[0.0, 0.0], [0.0, 0.0]])
-    with pytest.raises(ValueError, match=r"expected x of size \(2, 2\) or \(2, 2, steps\), got \(3, 2\)"):
-        model.step(torch.zeros(3, 2, dtype=torch.float64))
-    with pytest.raises(ValueError, match="expected batch_size to be an int >= 1, got 0"):
-        model.reset_state(0)

@@ -33,12 +33,16 @@ from typing import Callable, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .._wavenet_ops import gated_activation, wavenet_generate, wavenet_pack, wavenet_step
+from .._C import TensorVersions
+from .._wavenet_ops import wavenet_generate, wavenet_pack, wavenet_step
 from ..functional import atrous_conv1d
 from ..modules import AtrousConv1d, AtrousConvTranspose2d
 from ._validate import check_int, check_ints
 
 __all__ = ["WaveNet", "WaveNetBlock", "WaveNetState"]
+
+# Parameter dtypes of the C++ generation ops (others run the per-block torch ops).
+_NATIVE_DTYPES = (torch.float32, torch.float64)
 
 # Steps per call of the generation op: progress is reported, and an interrupt
 # (Ctrl-C) is taken, between calls; each call leaves the state consistent.
@@ -189,7 +193,7 @@ class WaveNet(nn.Module):
                                     if global_channels else None)
         self.receptive_field = 1 + sum(b.history for b in self.blocks)
         self._state = None  # a WaveNetState after reset_state
-        self._packed = None  # (key, parameters, packed, plan) of the C++ generation path
+        self._packed = None  # (TensorVersions of the parameters, packed, plan) of the C++ generation path
 
     # ------------------------------------------------------------------ forward --
 
@@ -293,10 +297,10 @@ class WaveNet(nn.Module):
         self._state = value
 
     def _current_state(self, caller: str) -> WaveNetState:
-        if self._state is None:
+        state = self._state
+        if state is None:
             raise RuntimeError(f"WaveNet.{caller}: call reset_state(batch_size) first")
         p = self.input_conv.weight
-        state = self._state
         if state.buffers.dtype != p.dtype or state.buffers.device != p.device:
             # The model was moved (model.to(...)) since reset_state: the state follows it,
             # keeping the past inputs it holds (converted like the parameters were).
@@ -304,9 +308,9 @@ class WaveNet(nn.Module):
         return state
 
     def _native(self) -> bool:
-        """Whether step/generate run the C++ op: CPU parameters of float32 or float64."""
+        """Whether step/generate run the C++ ops: CPU parameters of float32 or float64."""
         p = self.input_conv.weight
-        return p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64)
+        return p.device.type == "cpu" and p.dtype in _NATIVE_DTYPES
 
     def _pack_arguments(self):
         blocks = self.blocks
@@ -324,19 +328,17 @@ class WaveNet(nn.Module):
 
     def _packed_weights(self):
         """The packed weights of the C++ path: packed once, again whenever a parameter changes
-        in place (optimizer step, load_state_dict, .to()): its version or storage then differ."""
+        (an in-place update such as an optimizer step or load_state_dict, or new data from .to()).
+        A parameter replaced by a new Parameter object is seen at the next reset_state."""
         cache = self._packed
-        if cache is not None:
-            key, params, packed, plan = cache
-            if key == tuple((p._version, p.data_ptr()) for p in params):
-                return packed, plan
-        args = self._pack_arguments()
-        params = [t for a in args[:-1] for t in (a if isinstance(a, list) else [a])]
-        with torch.no_grad():
-            packed, plan = wavenet_pack(*(a.detach() if isinstance(a, Tensor) else [t.detach() for t in a]
-                                          for a in args[:-1]), args[-1])
-        self._packed = (tuple((p._version, p.data_ptr()) for p in params), params, packed, plan)
-        return packed, plan
+        if cache is None or cache[0].changed():
+            args = self._pack_arguments()
+            params = [t for a in args[:-1] for t in (a if isinstance(a, list) else [a])]
+            with torch.no_grad():
+                packed, plan = wavenet_pack(*(a.detach() if isinstance(a, Tensor) else [t.detach() for t in a]
+                                              for a in args[:-1]), args[-1])
+            self._packed = cache = (TensorVersions(params), packed, plan)
+        return cache[1], cache[2]
 
     def _step_conditioning(self, n: int, steps: int, local: Optional[Tensor], glob: Optional[Tensor], caller: str):
         """Projected conditioning for `steps` steps: local (N, blocks*2G, steps) from upsampled
@@ -365,12 +367,13 @@ class WaveNet(nn.Module):
         return local_proj, glob_proj
 
     def _check_tensor(self, caller: str, name: str, value):
-        p = self.input_conv.weight
+        """value is a tensor of the state's dtype and device (which follow the parameters')."""
+        buffers = self._state.buffers
         if not isinstance(value, Tensor):
             raise TypeError(f"WaveNet.{caller}: expected {name} to be a tensor, got {type(value).__name__}")
-        if value.dtype != p.dtype or value.device != p.device:
-            raise TypeError(f"WaveNet.{caller}: expected {name} of dtype {p.dtype} on {p.device} (the model's "
-                            f"parameters), got {value.dtype} on {value.device}")
+        if value.dtype != buffers.dtype or value.device != buffers.device:
+            raise TypeError(f"WaveNet.{caller}: expected {name} of dtype {buffers.dtype} on {buffers.device} (the "
+                            f"model's parameters), got {value.dtype} on {value.device}")
 
     def _steps_torch(self, state: WaveNetState, x: Tensor, local: Optional[Tensor], glob: Optional[Tensor]):
         """Steps with torch ops, one block at a time: x (N, in, S) -> (N, out, S)."""
@@ -391,7 +394,6 @@ class WaveNet(nn.Module):
             state.t = t + 1
         return torch.cat(outputs, dim=2)
 
-    @torch.no_grad()
     def step(self, x: Tensor, local_conditioning: Optional[Tensor] = None,
              global_conditioning: Optional[Tensor] = None) -> Tensor:
         """Teacher-forced steps: x (N, in_channels) -> (N, out_channels), or S steps at once,
@@ -405,29 +407,34 @@ class WaveNet(nn.Module):
         parameters; the state follows the model if it is moved or cast
         (model.to(...)) between reset_state and step.
         """
-        state = self._current_state("step")
-        self._check_tensor("step", "x", x)
-        n = state.batch_size
-        single = x.dim() == 2
-        if (x.dim() not in (2, 3) or x.shape[0] != n or x.shape[1] != self.in_channels):
-            raise ValueError(f"WaveNet.step: expected x of size ({n}, {self.in_channels}) or "
-                             f"({n}, {self.in_channels}, steps), got {tuple(x.shape)}")
-        inputs = x.unsqueeze(2) if single else x
-        if local_conditioning is not None:
-            self._check_tensor("step", "local_conditioning", local_conditioning)
-            if single and local_conditioning.dim() == 2:
-                local_conditioning = local_conditioning.unsqueeze(2)
-        if global_conditioning is not None:
-            self._check_tensor("step", "global_conditioning", global_conditioning)
-        local, glob = self._step_conditioning(n, inputs.shape[2], local_conditioning, global_conditioning, "step")
-        state.next_input = None
-        if self._native():
-            packed, plan = self._packed_weights()
-            out = wavenet_step(state.buffers, packed, plan, inputs, local, glob, state.t)
-            state.t += inputs.shape[2]
-        else:
-            out = self._steps_torch(state, inputs, local, glob)
-        return out[:, :, 0] if single else out
+        with torch.no_grad():
+            state = self._current_state("step")
+            self._check_tensor("step", "x", x)
+            n = state.batch_size
+            single = x.dim() == 2
+            if x.dim() not in (2, 3) or x.shape[0] != n or x.shape[1] != self.in_channels:
+                raise ValueError(f"WaveNet.step: expected x of size ({n}, {self.in_channels}) or "
+                                 f"({n}, {self.in_channels}, steps), got {tuple(x.shape)}")
+            inputs = x.unsqueeze(2) if single else x
+            local = glob = None
+            if local_conditioning is not None or global_conditioning is not None or self.local_channels or \
+                    self.global_channels:
+                if local_conditioning is not None:
+                    self._check_tensor("step", "local_conditioning", local_conditioning)
+                    if single and local_conditioning.dim() == 2:
+                        local_conditioning = local_conditioning.unsqueeze(2)
+                if global_conditioning is not None:
+                    self._check_tensor("step", "global_conditioning", global_conditioning)
+                local, glob = self._step_conditioning(n, inputs.shape[2], local_conditioning, global_conditioning,
+                                                      "step")
+            state.next_input = None
+            if state.buffers.device.type == "cpu" and state.buffers.dtype in _NATIVE_DTYPES:
+                packed, plan = self._packed_weights()
+                out = wavenet_step(state.buffers, packed, plan, inputs, local, glob, state.t)
+                state.t += inputs.shape[2]
+            else:
+                out = self._steps_torch(state, inputs, local, glob)
+            return out[:, :, 0] if single else out
 
     def _feedback_table(self, feedback) -> Tensor:
         p = self.input_conv.weight

@@ -31,15 +31,22 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <functional>
+#include <atomic>
+#include <memory>
+#include <thread>
 #include <limits>
 #include <vector>
 
 #include "gather_gemm.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace atrous {
 namespace {
@@ -50,69 +57,75 @@ using at::Tensor;
 //
 // z = tanh(f) * sigmoid(g) for float is evaluated in double and rounded once,
 // which makes it accurate to about half an ulp of float. Both functions come
-// from one exponential of a non-negative argument y <= 128:
-//   exp(y) = exp(y / 256)^256: r = y / 256 lies in [0, 0.5], where the Taylor
-//   polynomial of degree 13 is within 7e-16 (0.5^14 / 14!) of exp(r), and
-//   eight squarings multiply that relative error by 256: about 2e-13.
-//   tanh(a) = 1 - 2 / (exp(2a) + 1) for a = |f| >= 2^-9, where the absolute
-//     error stays under 1e-13 (relative 5e-11 at a = 2^-9); below 2^-9 the
-//     series a - a^3/3 + 2a^5/15 (next term 17a^7/315, relative 1e-17).
-//     a is capped at 10: tanh(10) = 1 - 4e-9 already rounds to 1.0f.
-//   sigmoid(g) = E / (E + 1) for g >= 0 and 1 / (E + 1) for g < 0, with
-//     E = exp(|g|), |g| capped at 110 (sigmoid(-110) = 1.7e-48 rounds to 0.0f).
-// NaN in f or g gives NaN; infinities give the limits. Every element, the
-// tail of a row included, goes through the same vector code, so a value never
-// depends on where it sits (a step's 64 channels and a forward's long rows
-// agree bitwise). double uses libm's tanh and exp, one element at a time.
+// from exponentials of non-negative arguments y <= 220:
+//   exp(y) = 2^k * exp(r), k = round(y / ln 2), r = y - k ln 2 in [-0.35, 0.35]
+//   (ln 2 in two parts, so r is exact to double rounding), where the Taylor
+//   polynomial of degree 11 is within 7e-15 (0.35^12 / 12!) of exp(r); 2^k is
+//   put into the exponent bits directly.
+//   With a = |f| capped at 20 (tanh(20) = 1 - 8e-18, 1 to double precision)
+//   and e = exp(2a):  tanh(a) = (e - 1) / (e + 1). For a < 2^-9, where e - 1
+//   would lose bits, the series a - a^3/3 + 2a^5/15 (next term 17a^7/315,
+//   relative 1e-17) takes the place of e - 1 as t * (e + 1).
+//   With E = exp(|g|), |g| capped at 110 (sigmoid(-110) = 1.7e-48 rounds to
+//   0.0f): sigmoid(g) = E / (E + 1) for g >= 0 and 1 / (E + 1) for g < 0.
+//   So z = sign(f) * (e - 1) * (g >= 0 ? E : 1) / ((e + 1) * (E + 1)): one
+//   division. The largest intermediate, (e + 1)(E + 1) < 1e66, is far from
+//   overflow.
+// NaN in f or g gives NaN; infinities give the limits; tanh(-0) = -0. Every
+// element, the tail of a row included, goes through the same vector code, so
+// a value never depends on where it sits (a step's 64 channels and a
+// forward's long rows agree bitwise). double uses libm's tanh and exp, one
+// element at a time.
 template <int VB>
 struct GateVec {
   typedef double vd __attribute__((vector_size(VB)));
+  typedef int64_t vi __attribute__((vector_size(VB)));
   typedef float vf __attribute__((vector_size(VB / 2)));
   static constexpr int kLanes = VB / 8;
 };
 
-template <typename vd>
-inline vd exp_nonnegative(vd y) {
-  constexpr double c[14] = {1.0,
-                            1.0,
-                            1.0 / 2,
-                            1.0 / 6,
-                            1.0 / 24,
-                            1.0 / 120,
-                            1.0 / 720,
-                            1.0 / 5040,
-                            1.0 / 40320,
-                            1.0 / 362880,
-                            1.0 / 3628800,
-                            1.0 / 39916800,
-                            1.0 / 479001600,
-                            1.0 / 6227020800.0};
-  const vd r = y * (1.0 / 256);
-  vd p = r * c[13] + c[12];
-  for (int i = 11; i >= 0; --i) p = p * r + c[i];
-  for (int i = 0; i < 8; ++i) p = p * p;
-  return p;
+template <int VB>
+inline typename GateVec<VB>::vd exp_nonnegative(typename GateVec<VB>::vd y) {
+  using vd = typename GateVec<VB>::vd;
+  using vi = typename GateVec<VB>::vi;
+  constexpr double kLog2e = 1.4426950408889634, kLn2Hi = 6.93147180369123816490e-01,
+                   kLn2Lo = 1.90821492927058770002e-10;
+  constexpr double kShifter = 0x1.8p52;  // adding it rounds to an integer held in the low bits
+  constexpr double c[12] = {1.0,          1.0,           1.0 / 2,        1.0 / 6,
+                            1.0 / 24,     1.0 / 120,     1.0 / 720,      1.0 / 5040,
+                            1.0 / 40320,  1.0 / 362880,  1.0 / 3628800,  1.0 / 39916800};
+  const vd shifted = y * kLog2e + kShifter;
+  const vd k = shifted - kShifter;
+  const vd r = (y - k * kLn2Hi) - k * kLn2Lo;
+  vd p = r * c[11] + c[10];
+  for (int i = 9; i >= 0; --i) p = p * r + c[i];
+  const vi two_k = (((vi)shifted - (vi)(vd{} + kShifter)) + 1023) << 52;
+  return p * (vd)two_k;
 }
 
 template <int VB>
 inline void gate_vector(const float* f_in, const float* g_in, float* z_out) {
   using V = GateVec<VB>;
+  using vd = typename V::vd;
+  using vi = typename V::vi;
   typename V::vf f32, g32;
   std::memcpy(&f32, f_in, sizeof(f32));
   std::memcpy(&g32, g_in, sizeof(g32));
-  const typename V::vd f = __builtin_convertvector(f32, typename V::vd);
-  const typename V::vd g = __builtin_convertvector(g32, typename V::vd);
-  typename V::vd a = f < 0 ? -f : f;
-  a = a < 10.0 ? a : 10.0;  // NaN becomes 10 here; restored below
-  const typename V::vd f2 = f * f;
-  const typename V::vd t_small = f + f * f2 * (-1.0 / 3 + f2 * (2.0 / 15));  // odd: keeps -0
-  const typename V::vd t_large = 1.0 - 2.0 / (exp_nonnegative(a + a) + 1.0);
-  const typename V::vd t = a < 0x1p-9 ? t_small : (f < 0 ? -t_large : t_large);
-  typename V::vd ga = g < 0 ? -g : g;
+  const vd f = __builtin_convertvector(f32, vd);
+  const vd g = __builtin_convertvector(g32, vd);
+  const vi sign_bit = vi{} + INT64_MIN;
+  vd a = (vd)((vi)f & ~sign_bit);
+  a = a < 20.0 ? a : 20.0;  // NaN becomes 20 here; restored below
+  const vd e = exp_nonnegative<VB>(a + a);
+  const vd a2 = a * a;
+  const vd t_small = a + a * a2 * (-1.0 / 3 + a2 * (2.0 / 15));
+  const vd tanh_numerator = a < 0x1p-9 ? t_small * (e + 1.0) : e - 1.0;
+  vd ga = (vd)((vi)g & ~sign_bit);
   ga = ga < 110.0 ? ga : 110.0;
-  const typename V::vd e = exp_nonnegative(ga);
-  const typename V::vd s = (g < 0 ? typename V::vd{} + 1.0 : e) / (e + 1.0);
-  typename V::vd z = t * s;
+  const vd big = exp_nonnegative<VB>(ga);
+  const vd sigmoid_numerator = g < 0 ? vd{} + 1.0 : big;
+  const vd z_abs = tanh_numerator * sigmoid_numerator / ((e + 1.0) * (big + 1.0));
+  vd z = (vd)((vi)z_abs | ((vi)f & sign_bit));
   z = (f != f) | (g != g) ? f + g : z;
   const typename V::vf z32 = __builtin_convertvector(z, typename V::vf);
   std::memcpy(z_out, &z32, sizeof(z32));
@@ -252,13 +265,13 @@ enum LayerField : int64_t {
   kDilation,
   kSlotOffset,
   kHistory,
-  kConvW,  // [tap][panels of 2G][R][width]
-  kConvB,
-  kResSkipW,  // [panels of R + S][G][width]: residual columns, then skip columns
+  kConvW,     // [tap][panels of G (filter), then of G (gate)][R][width]
+  kConvB,     // the filter half padded to whole panels, then the gate half
+  kResSkipW,  // [panels of R (residual), then of S (skip)][G][width]
   kResSkipB,
   kLayerFields
 };
-constexpr int64_t kPlanFormat = 1;
+constexpr int64_t kPlanFormat = 2;
 
 template <typename T>
 constexpr int64_t kWidth = cpu::panel_width<T>();
@@ -384,17 +397,20 @@ std::tuple<Tensor, Tensor> wavenet_pack_cpu(const Tensor& input_w, const Tensor&
       lp[kHistory] = (taps - 1) * dilations[l];
       slots += lp[kHistory];
       const Tensor cw = weights(conv_w[l], "conv_weight", G2, R, taps);
-      // Tap m: B_m[k][col] = w[col][k][m].
+      // Tap m: B_m[k][col] = w[col][k][m], the filter half's panels, then the
+      // gate half's (which starts on a panel of its own).
       lp[kConvW] = static_cast<int64_t>(buf.size());
-      for (int64_t m = 0; m < taps; ++m) append_panels(buf, cw.data_ptr<T>() + m, R * taps, taps, R, G2);
-      lp[kConvB] = bias(conv_b[l], "conv_bias", G2);
-      // Residual and skip side by side: columns [0, R) and [R, R + S).
-      const Tensor rs = at::cat({weights(residual_w[l], "residual_weight", R, G, 1),
-                                 weights(skip_w[l], "skip_weight", S, G, 1)}, 0);
-      lp[kResSkipW] = pointwise(rs);
-      const Tensor rsb = at::cat({conv_bias(residual_b[l], "residual_bias", R, dtype),
-                                  conv_bias(skip_b[l], "skip_bias", S, dtype)}, 0);
-      lp[kResSkipB] = append_row(buf, rsb.data_ptr<T>(), R + S);
+      for (int64_t m = 0; m < taps; ++m)
+        for (int64_t half = 0; half < 2; ++half)
+          append_panels(buf, cw.data_ptr<T>() + half * G * R * taps + m, R * taps, taps, R, G);
+      const Tensor cb = conv_bias(conv_b[l], "conv_bias", G2, dtype);
+      lp[kConvB] = append_row(buf, cb.data_ptr<T>(), G);
+      append_row(buf, cb.data_ptr<T>() + G, G);
+      // The residual panels, then the skip panels.
+      lp[kResSkipW] = pointwise(weights(residual_w[l], "residual_weight", R, G, 1));
+      pointwise(weights(skip_w[l], "skip_weight", S, G, 1));
+      lp[kResSkipB] = bias(residual_b[l], "residual_bias", R);
+      bias(skip_b[l], "skip_bias", S);
     }
     plan[kSlots] = slots;
     plan[kHiddenW] = pointwise(weights(hidden_w, "hidden_weight", S, S, 1));
@@ -430,23 +446,6 @@ View3<T> view3(const c10::optional<Tensor>& t) {
   return v;
 }
 
-// Where the inputs of the steps come from: given columns (teacher forcing)
-// or the rows of a feedback table picked by the previous step's sample.
-template <typename T>
-struct StepIo {
-  View3<T> inputs;        // (N, in, steps), or none when generating
-  const T* feedback = nullptr;   // (classes, in) contiguous
-  const T* first_input = nullptr;  // (N, in) contiguous
-  View3<T> local;         // (N, layers * 2G, steps) or none
-  View3<T> global;        // (N, layers * 2G) or none
-  T* logits_out = nullptr;  // (N, out, steps) contiguous, or none when generating
-  int64_t* samples_out = nullptr;  // (N, steps) contiguous, or none
-  const double* uniforms = nullptr;  // [step][n]
-  int64_t batch = 0;
-  double temperature = 1.0;
-  bool greedy = false;
-};
-
 // ReLU as torch's clamp_min(x, 0): NaN and -0 pass through.
 template <typename T>
 inline T relu(T x) {
@@ -456,150 +455,458 @@ inline T relu(T x) {
 // The class a step emits from its logits: the first largest (NaN counts as
 // largest, as in torch.argmax) when greedy, else a draw from
 // softmax(logits / temperature) by inverse CDF with uniform u in [0, 1).
+// `weights` is scratch of `classes` doubles.
 template <typename T>
-int64_t pick_class(const T* logits, int64_t classes, bool greedy, double temperature, double u) {
+int64_t pick_class(const T* logits, int64_t classes, bool greedy, double temperature, double u,
+                   double* weights) {
   int64_t best = 0;
   for (int64_t i = 1; i < classes; ++i) {
     if (std::isnan(static_cast<double>(logits[best]))) break;
     if (std::isnan(static_cast<double>(logits[i])) || logits[i] > logits[best]) best = i;
   }
-  if (greedy || std::isnan(static_cast<double>(logits[best])) ||
-      std::isinf(static_cast<double>(logits[best])))
-    return best;
-  const double top = static_cast<double>(logits[best]);
+  if (greedy || !std::isfinite(static_cast<double>(logits[best]))) return best;
+  const double top = static_cast<double>(logits[best]), scale = 1.0 / temperature;
   double total = 0;
-  for (int64_t i = 0; i < classes; ++i) total += std::exp((static_cast<double>(logits[i]) - top) / temperature);
+  for (int64_t i = 0; i < classes; ++i) {
+    weights[i] = std::exp((static_cast<double>(logits[i]) - top) * scale);
+    total += weights[i];
+  }
   const double target = u * total;
   double running = 0;
   for (int64_t i = 0; i < classes; ++i) {
-    const double w = std::exp((static_cast<double>(logits[i]) - top) / temperature);
-    running += w;
-    if (running > target && w > 0) return i;
+    running += weights[i];
+    if (running > target && weights[i] > 0) return i;
   }
   return best;  // u * total rounded up to the very end
 }
 
-// Runs `steps` steps from time t for sequences [row_begin, row_end) of the
-// batch. Each sequence's values depend on its own inputs and state only.
-template <typename T>
-void run_steps(const Plan& plan, const T* packed, T* state, const StepIo<T>& io, int64_t t0,
-               int64_t steps, int64_t row_begin, int64_t row_end) {
-  const int64_t in = plan[kInChannels], R = plan[kResidual], G = plan[kGates], S = plan[kSkip];
-  const int64_t out = plan[kOutChannels], taps = plan[kTaps], layers = plan[kLayers];
-  const int64_t rows = row_end - row_begin, N = io.batch;
-  const int64_t h_ld = padded<T>(R), pre_ld = padded<T>(2 * G), z_ld = padded<T>(G);
-  const int64_t rs_ld = padded<T>(R + S), skip_ld = padded<T>(S), out_ld = padded<T>(out);
-  std::vector<T> h(rows * h_ld), pre(rows * pre_ld), z(rows * z_ld), rs(rows * rs_ld);
-  std::vector<T> skips(rows * skip_ld), act(rows * skip_ld), hidden(rows * skip_ld), logits(rows * out_ld);
-  std::vector<T> x(rows * in);
-  std::vector<const T*> a_rows(rows);
-  std::vector<T*> c_rows(rows);
-  std::vector<const T*> inputs_now(rows);
-  for (int64_t i = 0; i < rows; ++i)
-    inputs_now[i] = io.first_input != nullptr ? io.first_input + (row_begin + i) * in : nullptr;
-  const GateRow gate_row;
+// ------------------------------------------------------- the step GEMM --
+//
+// C[i][col] += sum_k A[i][k] * B[k][col] for a few rows (the batch) and the
+// panels [panel_begin, panel_end) of B (gather_gemm's packed layout,
+// b[panel][k][width]). Each C element is the chain `acc += a * b` over k in
+// order, the very expression of gather_gemm's tiles compiled for the same
+// instruction set (a fused multiply-add where it has one), so the values are
+// gather_gemm's bitwise. The tiles differ: generation multiplies a handful of
+// rows by weights that stay in cache, so a tile covers every row of the batch
+// (up to kStepRows) and NP panels, each B vector feeding `rows` FMAs while the
+// NP independent chains of a row hide the FMA latency.
+template <typename T, int VB>
+struct StepVec {
+  typedef T type __attribute__((vector_size(VB)));
+  static constexpr int kPerPanel = static_cast<int>(cpu::kPanelBytes) / VB;  // vectors per panel row
+  static constexpr int kLanes = VB / static_cast<int>(sizeof(T));
+};
 
-  // C rows [i * ld] = bias, then += A rows x packed panels.
-  auto gemm = [&](const T* const* a, T* c, int64_t ld, int64_t depth, int64_t cols, int64_t b_offset) {
-    for (int64_t i = 0; i < rows; ++i) c_rows[i] = c + i * ld;
-    cpu::gather_gemm(cpu::GatherGemmArgs<T>{rows, depth, cpu::panels_for<T>(cols), a, c_rows.data(),
-                                            packed + b_offset});
+template <typename T>
+struct StepGemmArgs {
+  int64_t rows, depth;
+  const T* const* a;  // rows pointers to depth values
+  T* const* c;        // rows pointers to the C rows (column 0)
+  const T* b;         // packed panels, panel p at b + p * depth * width
+  int64_t panel_begin, panel_end;
+};
+
+template <typename T, int VB, int ROWS, int NP>
+inline void step_tile(const StepGemmArgs<T>& g, int64_t row0, int64_t panel) {
+  using V = typename StepVec<T, VB>::type;
+  constexpr int NV = StepVec<T, VB>::kPerPanel, lanes = StepVec<T, VB>::kLanes;
+  constexpr int64_t width = kWidth<T>;
+  V acc[ROWS][NP * NV];
+  const T* a[ROWS];
+  for (int i = 0; i < ROWS; ++i) {
+    a[i] = g.a[row0 + i];
+    for (int q = 0; q < NP; ++q)
+      for (int v = 0; v < NV; ++v)
+        std::memcpy(&acc[i][q * NV + v], g.c[row0 + i] + (panel + q) * width + v * lanes, VB);
+  }
+  const T* b = g.b + panel * g.depth * width;
+  const int64_t panel_stride = g.depth * width;
+  for (int64_t k = 0; k < g.depth; ++k) {
+    V bv[NP * NV];
+    for (int q = 0; q < NP; ++q)
+      for (int v = 0; v < NV; ++v) std::memcpy(&bv[q * NV + v], b + q * panel_stride + k * width + v * lanes, VB);
+    for (int i = 0; i < ROWS; ++i) {
+      const T ai = a[i][k];
+      for (int v = 0; v < NP * NV; ++v) acc[i][v] += ai * bv[v];
+    }
+  }
+  for (int i = 0; i < ROWS; ++i)
+    for (int q = 0; q < NP; ++q)
+      for (int v = 0; v < NV; ++v)
+        std::memcpy(g.c[row0 + i] + (panel + q) * width + v * lanes, &acc[i][q * NV + v], VB);
+}
+
+// Panels of a tile: enough independent chains to cover the FMA latency with
+// one or two rows, within the vector registers (32 on AVX-512, 16 below):
+// ROWS * NP * NV accumulators + NP * NV B vectors.
+template <int VB, int ROWS>
+constexpr int step_panels() {
+  constexpr int nv = static_cast<int>(cpu::kPanelBytes) / VB, regs = VB == 64 ? 32 : 16;
+  for (int np = 4; np > 1; --np)
+    if ((ROWS + 1) * np * nv <= regs - 2) return np;
+  return 1;
+}
+
+template <typename T, int VB, int ROWS>
+inline void step_rows(const StepGemmArgs<T>& g, int64_t row0) {
+  constexpr int NP = step_panels<VB, ROWS>();
+  int64_t p = g.panel_begin;
+  for (; p + NP <= g.panel_end; p += NP) step_tile<T, VB, ROWS, NP>(g, row0, p);
+  for (; p < g.panel_end; ++p) step_tile<T, VB, ROWS, 1>(g, row0, p);
+}
+
+// Rows in tiles of at most MaxRows, the last one peeled to its size.
+template <typename T, int VB, int MaxRows>
+inline void step_gemm_impl(const StepGemmArgs<T>& g) {
+  int64_t row = 0;
+  for (; row + MaxRows <= g.rows; row += MaxRows) step_rows<T, VB, MaxRows>(g, row);
+  const int64_t left = g.rows - row;
+  if constexpr (MaxRows > 1) {
+    if (left > 0) {
+      StepGemmArgs<T> tail = g;
+      tail.rows = left;
+      tail.a = g.a + row;
+      tail.c = g.c + row;
+      step_gemm_impl<T, VB, MaxRows - 1>(tail);
+    }
+  }
+}
+
+// Rows per tile: ROWS * NV accumulators of one panel and its NV B vectors fit
+// the registers (AVX-512: 8 rows; AVX2: 6; SSE: 3).
+#define ATROUS_STEP_GEMM(isa, attributes, VB, ROWS)                                        \
+  attributes void step_gemm_##isa(const StepGemmArgs<float>& g) { step_gemm_impl<float, VB, ROWS>(g); } \
+  attributes void step_gemm_##isa(const StepGemmArgs<double>& g) { step_gemm_impl<double, VB, ROWS>(g); }
+ATROUS_STEP_GEMM(baseline, __attribute__((flatten)), 16, 3)
+#if defined(__x86_64__)
+ATROUS_STEP_GEMM(avx2, __attribute__((target("avx2,fma"), flatten)), 32, 6)
+ATROUS_STEP_GEMM(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), flatten)), 64, 8)
+#endif
+#undef ATROUS_STEP_GEMM
+
+// gather_gemm's instruction set, so that the chains are compiled alike.
+template <typename T>
+struct StepGemm {
+  void (*run)(const StepGemmArgs<T>&) = step_gemm_baseline;
+  StepGemm() {
+#if defined(__x86_64__)
+    const std::string isa = cpu::cpu_isa();
+    if (isa == "avx512" || isa == "avx512_bf16")
+      run = step_gemm_avx512;
+    else if (isa == "avx2")
+      run = step_gemm_avx2;
+#endif
+  }
+};
+
+// ------------------------------------------------------- the step team --
+//
+// At a batch of a few sequences a step is a chain of small matrix-vector
+// products whose weights (2.5 MB in float32 for the 20-layer nv-wavenet-sized
+// model) do not fit one core's L2. So every thread of a team owns a share of
+// the columns of every GEMM (its panels), keeps that share of the weights in
+// its own cache, and the team meets at a barrier wherever a product needs a
+// whole vector that several threads wrote: per layer, once the gate's z is
+// complete and once the block output h is. Every column's chain is the same
+// whatever the team size, so results do not depend on it; every thread
+// samples the class itself from the whole logits (the same draw), so the
+// next input needs no extra barrier.
+
+constexpr int kMaxTeam = 8;
+
+// A barrier for a team that runs concurrently (an OpenMP team): each member
+// counts its own arrivals on a cache line of its own and waits until every
+// other member's count reaches it (no member can be more than one barrier
+// ahead, so >= is exact). For two members a barrier is one line handed over
+// each way. After kSpinsBeforeYield pauses (about 20 us) it yields on every
+// further check: where the team shares a core with other work (more threads
+// than free cores), a member spinning through its time slice would otherwise
+// keep the one it waits for off the core for a whole slice per barrier.
+constexpr int kSpinsBeforeYield = 400;
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int threads) : threads_(threads) {}
+  void wait(int member) {
+    if (threads_ == 1) return;
+    const int64_t mine = arrivals_[member].count.load(std::memory_order_relaxed) + 1;
+    arrivals_[member].count.store(mine, std::memory_order_release);
+    for (int other = 0; other < threads_; ++other) {
+      if (other == member) continue;
+      for (int spins = 0; arrivals_[other].count.load(std::memory_order_acquire) < mine; ++spins) {
+#if defined(__x86_64__)
+        _mm_pause();
+#endif
+        if (spins > kSpinsBeforeYield) std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  struct alignas(64) Arrivals {
+    std::atomic<int64_t> count{0};
   };
-  auto init_rows = [&](T* c, int64_t ld, int64_t cols, int64_t bias_offset) {
-    for (int64_t i = 0; i < rows; ++i) std::copy(packed + bias_offset, packed + bias_offset + ld, c + i * ld);
-    (void)cols;
+  const int threads_;
+  Arrivals arrivals_[kMaxTeam];
+};
+
+// [begin, end) of `count` items for member `member` of `team`.
+struct Share {
+  int64_t begin, end;
+};
+inline Share share_of(int64_t count, int member, int team) {
+  return {count * member / team, count * (member + 1) / team};
+}
+
+// Where the inputs of the steps come from: given columns (teacher forcing)
+// or the rows of a feedback table picked by the previous step's sample.
+template <typename T>
+struct StepIo {
+  View3<T> inputs;                  // (N, in, steps), or none when generating
+  const T* feedback = nullptr;      // (classes, in) contiguous
+  const T* first_input = nullptr;   // (N, in) contiguous
+  View3<T> local;                   // (N, layers * 2G, steps) or none
+  View3<T> global;                  // (N, layers * 2G) or none
+  T* logits_out = nullptr;          // (N, out, steps) contiguous, or none when generating
+  int64_t* samples_out = nullptr;   // (N, steps) contiguous, or none
+  const double* uniforms = nullptr;  // [step][n]
+  int64_t batch = 0;
+  double temperature = 1.0;
+  bool greedy = false;
+};
+
+// The activations every member reads, one padded row per sequence.
+template <typename T>
+struct StepBuffers {
+  int64_t h_ld, pre_ld, z_ld, rs_ld, skip_ld, out_ld;
+  Tensor storage;
+  T *h, *pre, *z, *rs, *skips, *hidden, *logits;
+  StepBuffers(const Plan& plan, int64_t rows) {
+    h_ld = padded<T>(plan[kResidual]);
+    pre_ld = 2 * padded<T>(plan[kGates]);
+    z_ld = padded<T>(plan[kGates]);
+    rs_ld = padded<T>(plan[kResidual]) + padded<T>(plan[kSkip]);
+    skip_ld = padded<T>(plan[kSkip]);
+    out_ld = padded<T>(plan[kOutChannels]);
+    const int64_t sizes[] = {h_ld, pre_ld, z_ld, rs_ld, skip_ld, skip_ld, out_ld};
+    int64_t total = 0;
+    for (int64_t s : sizes) total += s * rows;
+    storage = at::zeros({total}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    T* next = storage.data_ptr<T>();
+    T** parts[] = {&h, &pre, &z, &rs, &skips, &hidden, &logits};
+    for (int i = 0; i < 7; ++i) {
+      *parts[i] = next;
+      next += sizes[i] * rows;
+    }
+  }
+};
+
+// One member's run of `steps` steps from t0 for the whole batch.
+// A member's own rows: the step's inputs and the ReLUs of the head (which
+// every member reads whole), allocated before the team starts, so that
+// nothing inside the team can throw (a member that left would leave the
+// others waiting at a barrier).
+template <typename T>
+struct MemberScratch {
+  std::vector<T> x, act;
+  std::vector<double> class_weights;
+  std::vector<const T*> a, inputs_now;
+  std::vector<T*> c;
+  MemberScratch(const Plan& plan, int64_t rows)
+      : x(rows * plan[kInChannels]),
+        act(rows * padded<T>(plan[kSkip]), T(0)),
+        class_weights(plan[kOutChannels]),
+        a(rows),
+        inputs_now(rows),
+        c(rows) {}
+};
+
+template <typename T>
+void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io, int64_t t0, int64_t steps,
+                StepBuffers<T>& buf, SpinBarrier& barrier, const StepGemm<T>& gemm, const GateRow& gate_row,
+                MemberScratch<T>& scratch, int member, int team) {
+  const int64_t in = plan[kInChannels], R = plan[kResidual], G = plan[kGates], S = plan[kSkip];
+  const int64_t out = plan[kOutChannels], taps = plan[kTaps], layers = plan[kLayers], N = io.batch;
+  const int64_t W = kWidth<T>;
+  const int64_t r_panels = cpu::panels_for<T>(R), g_panels = cpu::panels_for<T>(G);
+  const int64_t s_panels = cpu::panels_for<T>(S), o_panels = cpu::panels_for<T>(out);
+  const int64_t tap_size = 2 * g_panels * R * W;
+  // This member's panels of each product.
+  const Share input_share = share_of(r_panels, member, team), gate_share = share_of(g_panels, member, team);
+  const Share rs_share = share_of(r_panels + s_panels, member, team);
+  const Share hidden_share = share_of(s_panels, member, team), out_share = share_of(o_panels, member, team);
+  const int64_t gate_c0 = gate_share.begin * W, gate_c1 = std::min(G, gate_share.end * W);
+  std::vector<T>& x = scratch.x;
+  std::vector<T>& act = scratch.act;
+  std::vector<const T*>& a = scratch.a;
+  std::vector<const T*>& inputs_now = scratch.inputs_now;
+  std::vector<T*>& c = scratch.c;
+  for (int64_t n = 0; n < N; ++n) inputs_now[n] = io.first_input != nullptr ? io.first_input + n * in : nullptr;
+
+  // C rows (ld apart, from `base`) += A rows x panels [share) of the packed B at b_offset.
+  auto product = [&](const T* const* a_rows, T* base, int64_t ld, int64_t depth, int64_t b_offset, Share panels) {
+    if (panels.begin >= panels.end) return;
+    for (int64_t n = 0; n < N; ++n) c[n] = base + n * ld;
+    gemm.run(StepGemmArgs<T>{N, depth, a_rows, c.data(), packed + b_offset, panels.begin, panels.end});
+  };
+  // Columns [panels) of C rows = the bias row at bias_offset.
+  auto set_bias = [&](T* base, int64_t ld, int64_t bias_offset, Share panels) {
+    for (int64_t n = 0; n < N; ++n)
+      std::copy(packed + bias_offset + panels.begin * W, packed + bias_offset + panels.end * W,
+                base + n * ld + panels.begin * W);
   };
   auto rows_of = [&](const T* base, int64_t ld) {
-    for (int64_t i = 0; i < rows; ++i) a_rows[i] = base + i * ld;
-    return a_rows.data();
+    for (int64_t n = 0; n < N; ++n) a[n] = base + n * ld;
+    return a.data();
   };
 
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = t0 + s;
-    // The step's input rows: a teacher-forced column, or the fed-back class.
-    const T* const* x_rows;
-    if (io.inputs.data != nullptr) {
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t c = 0; c < in; ++c) x[i * in + c] = io.inputs.at(row_begin + i, c, s);
-      x_rows = rows_of(x.data(), in);
-    } else {
-      for (int64_t i = 0; i < rows; ++i) a_rows[i] = inputs_now[i];
-      x_rows = a_rows.data();
+    // The ring slots this step reads were last touched (t - slot) steps ago and
+    // have mostly left the caches: ask for them into L2 now, while the first
+    // layers run.
+    for (int64_t l = 0; l < layers; ++l) {
+      const int64_t history = plan.layer(l, kHistory);
+      const T* ring = state + plan.layer(l, kSlotOffset) * N * R;
+      for (int64_t m = 0; m + 1 < taps; ++m) {
+        const int64_t src_t = t - (taps - 1 - m) * plan.layer(l, kDilation);
+        if (src_t < 0) continue;
+        const char* slot = reinterpret_cast<const char*>(ring + (src_t % history) * N * R);
+        for (int64_t byte = 0; byte < N * R * static_cast<int64_t>(sizeof(T)); byte += 64)
+          __builtin_prefetch(slot + byte, 0, 2);
+      }
     }
-    init_rows(h.data(), h_ld, R, plan[kInputB]);
-    gemm(x_rows, h.data(), h_ld, in, R, plan[kInputW]);
+    // Input 1x1 conv into this member's columns of h.
+    if (io.inputs.data != nullptr) {
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t ci = 0; ci < in; ++ci) x[n * in + ci] = io.inputs.at(n, ci, s);
+      rows_of(x.data(), in);
+    } else {
+      for (int64_t n = 0; n < N; ++n) a[n] = inputs_now[n];
+    }
+    set_bias(buf.h, buf.h_ld, plan[kInputB], input_share);
+    product(a.data(), buf.h, buf.h_ld, in, plan[kInputW], input_share);
+    barrier.wait(member);  // h complete
 
     for (int64_t l = 0; l < layers; ++l) {
       const int64_t d = plan.layer(l, kDilation), history = plan.layer(l, kHistory);
       T* ring = state + plan.layer(l, kSlotOffset) * N * R;
-      init_rows(pre.data(), pre_ld, 2 * G, plan.layer(l, kConvB));
-      const int64_t tap_size = cpu::panels_for<T>(2 * G) * R * kWidth<T>;
+      // The dilated conv into this member's filter and gate columns.
+      const Share gate_panels{g_panels + gate_share.begin, g_panels + gate_share.end};
+      set_bias(buf.pre, buf.pre_ld, plan.layer(l, kConvB), gate_share);
+      set_bias(buf.pre, buf.pre_ld, plan.layer(l, kConvB), gate_panels);
       for (int64_t m = 0; m < taps; ++m) {
         const int64_t src_t = t - (taps - 1 - m) * d;
         if (src_t < 0) continue;  // the forward's causal padding: no term
         if (m == taps - 1) {
-          rows_of(h.data(), h_ld);
+          rows_of(buf.h, buf.h_ld);
         } else {
           const T* slot = ring + (src_t % history) * N * R;
-          for (int64_t i = 0; i < rows; ++i) a_rows[i] = slot + (row_begin + i) * R;
+          rows_of(slot, R);
         }
-        gemm(a_rows.data(), pre.data(), pre_ld, R, 2 * G, plan.layer(l, kConvW) + m * tap_size);
+        const int64_t b = plan.layer(l, kConvW) + m * tap_size;
+        product(a.data(), buf.pre, buf.pre_ld, R, b, gate_share);
+        product(a.data(), buf.pre, buf.pre_ld, R, b, gate_panels);
       }
-      if (history > 0) {  // input t goes to slot t mod history, after its last read
-        T* slot = ring + (t % history) * N * R;
-        for (int64_t i = 0; i < rows; ++i)
-          std::copy(h.data() + i * h_ld, h.data() + i * h_ld + R, slot + (row_begin + i) * R);
+      // Conditioning, then the gate, on this member's channels.
+      for (int64_t n = 0; n < N; ++n) {
+        T* f = buf.pre + n * buf.pre_ld;
+        T* g = f + g_panels * W;
+        for (int64_t ch = gate_c0; ch < gate_c1; ++ch) {
+          if (io.local.data != nullptr) {
+            f[ch] = f[ch] + io.local.at(n, l * 2 * G + ch, s);
+            g[ch] = g[ch] + io.local.at(n, l * 2 * G + G + ch, s);
+          }
+          if (io.global.data != nullptr) {
+            f[ch] = f[ch] + io.global.at(n, l * 2 * G + ch, 0);
+            g[ch] = g[ch] + io.global.at(n, l * 2 * G + G + ch, 0);
+          }
+        }
+        if (gate_c1 > gate_c0) gate_row(f + gate_c0, g + gate_c0, buf.z + n * buf.z_ld + gate_c0, gate_c1 - gate_c0);
       }
-      for (int64_t i = 0; i < rows; ++i) {
-        T* p = pre.data() + i * pre_ld;
-        if (io.local.data != nullptr)
-          for (int64_t c = 0; c < 2 * G; ++c) p[c] = p[c] + io.local.at(row_begin + i, l * 2 * G + c, s);
-        if (io.global.data != nullptr)
-          for (int64_t c = 0; c < 2 * G; ++c) p[c] = p[c] + io.global.at(row_begin + i, l * 2 * G + c, 0);
-        gate_row(p, p + G, z.data() + i * z_ld, G);
-      }
-      init_rows(rs.data(), rs_ld, R + S, plan.layer(l, kResSkipB));
-      gemm(rows_of(z.data(), z_ld), rs.data(), rs_ld, G, R + S, plan.layer(l, kResSkipW));
-      for (int64_t i = 0; i < rows; ++i) {
-        T* hi = h.data() + i * h_ld;
-        const T* ri = rs.data() + i * rs_ld;
-        for (int64_t c = 0; c < R; ++c) hi[c] = hi[c] + ri[c];
-        T* si = skips.data() + i * skip_ld;
+      barrier.wait(member);  // z complete; every read of h and of the ring done
+
+      // Residual and skip 1x1 convs into this member's columns.
+      set_bias(buf.rs, buf.rs_ld, plan.layer(l, kResSkipB), rs_share);
+      product(rows_of(buf.z, buf.z_ld), buf.rs, buf.rs_ld, G, plan.layer(l, kResSkipW), rs_share);
+      const int64_t res_c0 = std::min(R, rs_share.begin * W), res_c1 = std::min(R, rs_share.end * W);
+      const int64_t skip_c0 = std::clamp(rs_share.begin - r_panels, int64_t(0), s_panels) * W;
+      const int64_t skip_c1 = std::min(S, std::clamp(rs_share.end - r_panels, int64_t(0), s_panels) * W);
+      for (int64_t n = 0; n < N; ++n) {
+        T* hn = buf.h + n * buf.h_ld;
+        const T* rn = buf.rs + n * buf.rs_ld;
+        if (history > 0) {  // input t goes to slot t mod history, after every read of the slot
+          T* slot = ring + (t % history) * N * R + n * R;
+          std::copy(hn + res_c0, hn + res_c1, slot + res_c0);
+        }
+        for (int64_t ch = res_c0; ch < res_c1; ++ch) hn[ch] = hn[ch] + rn[ch];
+        T* sn = buf.skips + n * buf.skip_ld;
+        const T* skip = rn + r_panels * W;
         if (l == 0)
-          std::copy(ri + R, ri + R + S, si);
+          std::copy(skip + skip_c0, skip + skip_c1, sn + skip_c0);
         else
-          for (int64_t c = 0; c < S; ++c) si[c] = si[c] + ri[R + c];
+          for (int64_t ch = skip_c0; ch < skip_c1; ++ch) sn[ch] = sn[ch] + skip[ch];
       }
+      barrier.wait(member);  // h (and the skips) complete
     }
 
     // Output head: ReLU, 1x1, ReLU, 1x1.
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t c = 0; c < S; ++c) act[i * skip_ld + c] = relu(skips[i * skip_ld + c]);
-    init_rows(hidden.data(), skip_ld, S, plan[kHiddenB]);
-    gemm(rows_of(act.data(), skip_ld), hidden.data(), skip_ld, S, S, plan[kHiddenW]);
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t c = 0; c < S; ++c) act[i * skip_ld + c] = relu(hidden[i * skip_ld + c]);
-    init_rows(logits.data(), out_ld, out, plan[kOutputB]);
-    gemm(rows_of(act.data(), skip_ld), logits.data(), out_ld, S, out, plan[kOutputW]);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t ch = 0; ch < S; ++ch) act[n * buf.skip_ld + ch] = relu(buf.skips[n * buf.skip_ld + ch]);
+    set_bias(buf.hidden, buf.skip_ld, plan[kHiddenB], hidden_share);
+    product(rows_of(act.data(), buf.skip_ld), buf.hidden, buf.skip_ld, S, plan[kHiddenW], hidden_share);
+    barrier.wait(member);  // hidden complete
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t ch = 0; ch < S; ++ch) act[n * buf.skip_ld + ch] = relu(buf.hidden[n * buf.skip_ld + ch]);
+    set_bias(buf.logits, buf.out_ld, plan[kOutputB], out_share);
+    product(rows_of(act.data(), buf.skip_ld), buf.logits, buf.out_ld, S, plan[kOutputW], out_share);
+    barrier.wait(member);  // logits complete
 
-    for (int64_t i = 0; i < rows; ++i) {
-      const int64_t n = row_begin + i;
-      const T* li = logits.data() + i * out_ld;
-      if (io.logits_out != nullptr)
-        for (int64_t o = 0; o < out; ++o) io.logits_out[(n * out + o) * steps + s] = li[o];
+    for (int64_t n = 0; n < N; ++n) {
+      const T* ln = buf.logits + n * buf.out_ld;
+      if (io.logits_out != nullptr && member == 0)
+        for (int64_t o = 0; o < out; ++o) io.logits_out[(n * out + o) * steps + s] = ln[o];
       if (io.samples_out != nullptr) {
-        const int64_t k = pick_class(li, out, io.greedy, io.temperature, io.uniforms[s * N + n]);
-        io.samples_out[n * steps + s] = k;
-        inputs_now[i] = io.feedback + k * in;
+        const int64_t k = pick_class(ln, out, io.greedy, io.temperature, io.uniforms[s * N + n],
+                                     scratch.class_weights.data());
+        if (member == 0) io.samples_out[n * steps + s] = k;
+        inputs_now[n] = io.feedback + k * in;
       }
     }
   }
 }
 
-// Sequences per parallel unit: each unit runs every layer of every step for
-// its sequences, so threads never wait on each other within a call.
-void for_row_blocks(int64_t batch, const std::function<void(int64_t, int64_t)>& f) {
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) { f(begin, end); });
+// Team size: the intra-op threads, at most one per panel of the widest share
+// that matters (beyond that members would idle), and one inside a parallel
+// region (no nested teams).
+int step_team_size(const Plan& plan) {
+  if (at::in_parallel_region()) return 1;
+  const int64_t panels = cpu::panels_for<float>(plan[kGates]);
+  return static_cast<int>(std::clamp<int64_t>(std::min<int64_t>(at::get_num_threads(), panels), 1, kMaxTeam));
+}
+
+// Runs `steps` steps from time t for the whole batch on a team of threads.
+template <typename T>
+void run_steps(const Plan& plan, const T* packed, T* state, const StepIo<T>& io, int64_t t0, int64_t steps) {
+  StepBuffers<T> buf(plan, io.batch);
+  const StepGemm<T> gemm;
+  const GateRow gate_row;
+  const int wanted = step_team_size(plan);
+  std::vector<MemberScratch<T>> scratch(wanted, MemberScratch<T>(plan, io.batch));
+  if (wanted == 1) {
+    SpinBarrier barrier(1);
+    run_member(plan, packed, state, io, t0, steps, buf, barrier, gemm, gate_row, scratch[0], 0, 1);
+    return;
+  }
+  // The team's size is what OpenMP gives (at most `wanted`), known only inside the region.
+  std::unique_ptr<SpinBarrier> barriers[kMaxTeam];
+  for (int size = 1; size <= wanted; ++size) barriers[size - 1] = std::make_unique<SpinBarrier>(size);
+#pragma omp parallel num_threads(wanted)
+  {
+    const int team = omp_get_num_threads(), member = omp_get_thread_num();
+    run_member(plan, packed, state, io, t0, steps, buf, *barriers[team - 1], gemm, gate_row, scratch[member],
+               member, team);
+  }
 }
 
 void check_state(const Tensor& state, const Plan& plan, at::ScalarType dtype) {
@@ -662,7 +969,7 @@ Tensor wavenet_step_cpu(Tensor& state, const Tensor& packed, const Tensor& plan_
     io.batch = N;
     const scalar_t* p = packed.data_ptr<scalar_t>();
     scalar_t* st = state.data_ptr<scalar_t>();
-    for_row_blocks(N, [&](int64_t begin, int64_t end) { run_steps(plan, p, st, io, t, steps, begin, end); });
+    run_steps(plan, p, st, io, t, steps);
   });
   return logits;
 }
@@ -719,7 +1026,7 @@ Tensor wavenet_generate_cpu(Tensor& state, const Tensor& packed, const Tensor& p
     io.greedy = greedy;
     const scalar_t* p = packed.data_ptr<scalar_t>();
     scalar_t* st = state.data_ptr<scalar_t>();
-    for_row_blocks(N, [&](int64_t begin, int64_t end) { run_steps(plan, p, st, io, t, steps, begin, end); });
+    run_steps(plan, p, st, io, t, steps);
   });
   return samples;
 }
