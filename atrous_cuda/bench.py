@@ -7,9 +7,13 @@ are faster); GFLOP/s count only useful multiply-adds, the ones whose input
 pixel is inside the image, so skipping padding earns no credit by itself.
 
 The GPU suite is the one of the CUDA issue; the CPU suite is the one of the
-CPU issue, in NCHW and channels_last. Results go to the terminal (with a
-progress bar), and to `bench/results/bench-<device>.{md,json,png}`: the
-markdown tables, the same rows as JSON, and a bar chart of the ratios.
+CPU issue, in NCHW and channels_last. On the CPU (float32), a WaveNet
+generation section follows (issue 16; atrous_cuda/bench_generation.py):
+samples/s of the per-layer torch path, step() and generate(), against
+real time, after checking step() and greedy generate() against forward.
+Results go to the terminal (with a progress bar), and to
+`bench/results/bench-<device>.{md,json,png}`: the markdown tables, the same
+rows as JSON, and a bar chart of the ratios.
 """
 import argparse
 import datetime
@@ -25,7 +29,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from . import _C, _ops
+from . import _C, _ops, bench_generation
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,12 @@ CPU_SUITE = [
 
 def cpu_suite():
     return list(CPU_SUITE)
+
+
+def generation_settings(quick):
+    """The WaveNet generation section's model and step counts (issue 16's model; tests
+    substitute a tiny one, as they do the layer suite)."""
+    return bench_generation.default_settings(quick)
 
 
 def padding_for(layer, dilation):
@@ -382,8 +392,12 @@ def environment_lines(env):
 
 
 def plot_ratios(sections, path):
-    """A bar chart of torch time / our time, one panel per table. Returns
-    False when matplotlib is not installed (the chart is optional)."""
+    """A bar chart of torch time / our time, one panel per layer table (the generation
+    section has no ratios to draw). Returns False when matplotlib is not installed
+    (the chart is optional) or there is nothing to draw."""
+    sections = [s for s in sections if s.get("kind") != "generation"]
+    if not sections:
+        return False
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -453,7 +467,8 @@ def main(argv=None):
                         help="default: float32 on CPU; float32 and bfloat16 on CUDA")
     parser.add_argument("--memory-format", action="append", choices=["nchw", "channels_last"],
                         help="default: both on CPU, nchw on CUDA")
-    parser.add_argument("--quick", action="store_true", help="the first dilation of each layer only, fewer reps")
+    parser.add_argument("--quick", action="store_true",
+                        help="the first dilation of each layer only, fewer reps (and fewer generation steps)")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--results-dir", default=os.path.join("bench", "results"),
                         help="where bench-<device>.{md,json,png} go (default: bench/results); '' for none")
@@ -534,7 +549,17 @@ def main(argv=None):
                                      kind="vs_fp32", title=f"{name}, {dtype_name}, channels_last, against our float32",
                                      rows=rows, summary=half_precision_section(rows, fp32_rows, dtype_name)))
         progress.close()
+        if not gpu and "float32" in dtypes:
+            # Issue 16: WaveNet generation (float32), after the layer suite.
+            settings = generation_settings(args.quick)
+            print(f"WaveNet generation section ({settings.reps} repetitions)...", file=sys.stderr, flush=True)
+            generation = bench_generation.run_section(settings, title=f"{name}, WaveNet generation, float32")
+            for c in generation["checks"]:
+                print(f"  check: {c['name']}: {'ok' if c['ok'] else 'FAIL'} ({c['detail']})", file=sys.stderr)
+            failures += generation["failures"]
+            sections.append({k: v for k, v in generation.items() if k != "table"})
         tables = [format_half_table(s["title"], s["rows"], s["summary"]) if s.get("kind") == "vs_fp32"
+                  else bench_generation.format_table(s) if s.get("kind") == "generation"
                   else format_table(s["title"], s["rows"], s["summary"], gpu=gpu) for s in sections]
         print("\n" + "\n\n".join(tables) + "\n", flush=True)
         report += [t + "\n" for t in tables]

@@ -53,14 +53,15 @@ TORCH_LIBRARY(atrous, m) {
   // (N, out, S); wavenet_generate runs `steps` autoregressive steps, each
   // sampled class picking the row of `feedback` (classes, in) that is the next
   // input, and returns the classes (N, steps). state (slots, N, residual)
-  // holds every layer's ring of past inputs. Conditioning comes projected to
+  // holds every layer's ring of past inputs. weights_dtype=bfloat16 packs
+  // float32 weights as bfloat16 (activations and sums stay float32). Conditioning comes projected to
   // every layer's gate pre-activations: local (N, layers * 2G, S), global
   // (N, layers * 2G).
   m.def(
       "wavenet_pack(Tensor input_weight, Tensor input_bias, Tensor[] conv_weight, Tensor[] conv_bias, "
       "Tensor[] residual_weight, Tensor[] residual_bias, Tensor[] skip_weight, Tensor[] skip_bias, "
       "Tensor hidden_weight, Tensor hidden_bias, Tensor output_weight, Tensor output_bias, "
-      "int[] dilations) -> (Tensor packed, Tensor plan)");
+      "int[] dilations, ScalarType? weights_dtype=None) -> (Tensor packed, Tensor plan)");
   m.def(
       "wavenet_step(Tensor(a!) state, Tensor packed, Tensor plan, Tensor inputs, "
       "Tensor? local_conditioning, Tensor? global_conditioning, int t) -> Tensor");

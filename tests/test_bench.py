@@ -1,12 +1,36 @@
 """The README's main command: `python -m atrous_cuda bench` checks every row
 against torch before timing it, and counts only useful multiply-adds."""
+import inspect
 import itertools
 import json
 
 import pytest
 import torch
 
-from atrous_cuda import bench
+from atrous_cuda import bench, bench_generation
+
+# A tiny WaveNet and a few steps: the generation section's code path in well under a second.
+TINY_GENERATION = bench_generation.Settings(
+    in_channels=8, out_channels=8, residual_channels=4, gate_channels=4, skip_channels=8, dilations=(1, 2),
+    stacks=2, torch_steps=3, step_steps=12, generate_steps=40, reps=2, check_steps=24, greedy_steps=8,
+    error_steps=16)
+
+GENERATION_ROWS = [("torch", 1), ("step", 1), ("generate", 1), ("step", 8), ("generate", 8),
+                   ("generate_bf16", 1), ("generate_bf16", 8)]
+GENERATION_COLUMNS = ["path", "batch", "time per step (us)", "samples/s", "real time at 16 kHz",
+                      "target (samples/s)", "met", "logits error vs fp32", "greedy agreement vs fp32"]
+
+
+@pytest.fixture(autouse=True)
+def tiny_generation_section(monkeypatch):
+    """bench.main runs the generation section on the tiny model here (never issue 16's)."""
+    calls = []
+
+    def settings(quick):
+        calls.append(quick)
+        return TINY_GENERATION
+    monkeypatch.setattr(bench, "generation_settings", settings)
+    return calls
 
 
 def _brute_force_useful_macs(layer, dilation):
@@ -74,7 +98,7 @@ def test_cpu_peak_probe_is_positive_and_bounded():
     assert 0 < peak < 2 * 16 * 2 * 6.0 * torch.get_num_threads()
 
 
-def test_bench_checks_every_row_and_writes_a_report(tmp_path, monkeypatch):
+def test_bench_checks_every_row_and_writes_a_report(tmp_path, monkeypatch, tiny_generation_section):
     # A two-layer suite keeps this quick; the code path is the one `make bench` runs.
     monkeypatch.setattr(bench, "cpu_suite", lambda: [
         bench.Layer("aspp", 1, 8, 9, 9, 8, (3, 3), (3,)),
@@ -88,17 +112,30 @@ def test_bench_checks_every_row_and_writes_a_report(tmp_path, monkeypatch):
     # bfloat16 and float16 in channels_last against our float32 rows.
     assert len(rows) == 24 and all(line.rstrip().endswith("| ok |") for line in rows)
     data = json.loads((results / "bench-cpu.json").read_text())
-    assert [(s["dtype"], s["memory_format"]) for s in data["sections"]] == [
-        ("float32", "nchw"), ("float32", "channels_last"), ("bfloat16", "channels_last"), ("float16", "channels_last")]
-    assert all(len(s["rows"]) == 6 and all(r["ok"] for r in s["rows"]) for s in data["sections"])
+    # The layer sections, then the WaveNet generation section (issue 16) after them.
+    assert [(s["dtype"], s["memory_format"], s.get("kind")) for s in data["sections"]] == [
+        ("float32", "nchw", None), ("float32", "channels_last", None), ("bfloat16", "channels_last", "vs_fp32"),
+        ("float16", "channels_last", "vs_fp32"), ("float32", None, "generation")]
+    layer_sections, generation = data["sections"][:4], data["sections"][4]
+    assert all(len(s["rows"]) == 6 and all(r["ok"] for r in s["rows"]) for s in layer_sections)
     fp32 = {(r["layer"], r["direction"]): r["ours_ms"] for r in data["sections"][1]["rows"]}
-    for section in data["sections"][2:]:
+    for section in layer_sections[2:]:
         for r in section["rows"]:
             assert r["fp32_ours_ms"] == fp32[(r["layer"], r["direction"])]
             assert r["vs_fp32"] == pytest.approx(r["fp32_ours_ms"] / r["ours_ms"])
     assert "our float32 time / our bfloat16 time, forward" in data["sections"][2]["summary"]
     assert data["environment"]["cpu_peak_gflops"] > 0
     assert (results / "bench-cpu.md").read_text().count("| ok |") == 24
+    # The generation section: tiny settings, not --quick; its rows and checks in the json,
+    # its table in the report and in bench-cpu.md.
+    assert tiny_generation_section == [False]
+    assert [(r["kind"], r["batch"]) for r in generation["rows"]] == GENERATION_ROWS
+    assert generation["failures"] == 0 and all(c["ok"] for c in generation["checks"])
+    assert generation["threads"] == torch.get_num_threads() and "table" not in generation
+    for text in (report.read_text(), (results / "bench-cpu.md").read_text()):
+        assert "WaveNet generation, float32" in text
+        assert "| per-layer torch path (_steps_torch), step | 1 |" in text
+        assert text.count("- check: ") == 2 and "FAIL" not in text
     # The chart is optional: written exactly when matplotlib is installed.
     try:
         import matplotlib  # noqa: F401
@@ -112,3 +149,143 @@ def test_bench_fails_when_a_row_does_not_match_torch(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "cpu_suite", lambda: [bench.Layer("aspp", 1, 8, 9, 9, 8, (3, 3), (3,))])
     monkeypatch.setitem(bench.TOLERANCE, torch.float32, -1.0)  # nothing can pass
     assert bench.main(["--device", "cpu", "--reps", "1", "--results-dir", ""]) == 1
+
+
+def test_bench_quick_runs_a_quick_generation_section(tmp_path, monkeypatch, tiny_generation_section):
+    monkeypatch.setattr(bench, "cpu_suite", lambda: [bench.Layer("aspp", 1, 8, 9, 9, 8, (3, 3), (3,))])
+    report = tmp_path / "report.md"
+    assert bench.main(["--device", "cpu", "--quick", "--results-dir", "", "--report", str(report)]) == 0
+    assert tiny_generation_section == [True]
+    assert "WaveNet generation, float32" in report.read_text()
+    # --quick itself: fewer steps and repetitions than the full section.
+    quick, full = bench_generation.default_settings(True), bench_generation.default_settings(False)
+    assert full.reps == 5 and quick.reps < full.reps
+    for name in ("torch_steps", "step_steps", "generate_steps", "check_steps", "greedy_steps", "error_steps"):
+        assert getattr(quick, name) < getattr(full, name)
+    assert (full.in_channels, full.out_channels, full.residual_channels, full.gate_channels, full.skip_channels,
+            full.dilations, full.stacks, full.kernel_size) == (256, 256, 64, 64, 128, tuple(2 ** i for i in range(10)),
+                                                               2, 2)
+
+
+def test_bench_skips_the_generation_section_without_float32(tmp_path, monkeypatch, tiny_generation_section):
+    monkeypatch.setattr(bench, "cpu_suite", lambda: [bench.Layer("aspp", 1, 8, 9, 9, 8, (3, 3), (3,))])
+    assert bench.main(["--device", "cpu", "--reps", "1", "--dtype", "float64", "--results-dir", ""]) == 0
+    assert tiny_generation_section == []
+
+
+def test_bench_fails_when_a_generation_check_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "cpu_suite", lambda: [bench.Layer("aspp", 1, 8, 9, 9, 8, (3, 3), (3,))])
+    monkeypatch.setattr(bench_generation, "check_greedy_generate", lambda *args: (False, "batch 1: 1 of 8 differ"))
+    report = tmp_path / "report.md"
+    assert bench.main(["--device", "cpu", "--reps", "1", "--memory-format", "nchw", "--results-dir", "",
+                       "--report", str(report)]) == 1
+    assert "- check: greedy generate() == argmax decoding with forward(), 8 samples: FAIL (batch 1: 1 of 8 differ)" \
+        in report.read_text()
+
+
+# ------------------------------------------------------ WaveNet generation --
+
+def _cells(line):
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_generation_section_has_every_row_and_column_and_its_checks_pass():
+    section = bench_generation.run_section(TINY_GENERATION, title="tiny")
+    assert section["failures"] == 0
+    assert [c["ok"] for c in section["checks"]] == [True, True]
+    assert "batch 1: bitwise equal; batch 8: bitwise equal" in section["checks"][0]["detail"]
+    assert section["threads"] == torch.get_num_threads()
+    rows = section["rows"]
+    assert [(r["kind"], r["batch"]) for r in rows] == GENERATION_ROWS
+    for r in rows:
+        assert r["available"] and r["reps"] == TINY_GENERATION.reps
+        assert r["samples_per_s"] == pytest.approx(r["batch"] * 1e6 / r["us_per_step"])
+        assert r["realtime_16k"] == pytest.approx(r["samples_per_s"] / 16000)
+        assert (r["target"], r["verdict"]) == bench_generation.evaluate_target(r["kind"], r["batch"],
+                                                                               r["samples_per_s"])
+        if r["kind"] == "generate_bf16":
+            # bfloat16 weights: about 2^-8 relative error per product, far from float32's bitwise equality.
+            assert 0 < r["error"] < 0.05 and 0 <= r["agreement"] <= 1
+        else:
+            assert r["error"] is None and r["agreement"] is None
+    assert {r["kind"]: r["steps"] for r in rows} == {"torch": 3, "step": 12, "generate": 40, "generate_bf16": 40}
+
+    lines = section["table"].splitlines()
+    assert lines[0] == "### tiny"
+    assert _cells(lines[2]) == GENERATION_COLUMNS
+    body = [_cells(line) for line in lines[4:4 + len(rows)]]
+    assert all(len(cells) == len(GENERATION_COLUMNS) for cells in body)
+    assert [cells[0] for cells in body] == [bench_generation.PATHS[kind] for kind, _ in GENERATION_ROWS]
+    assert [cells[6] for cells in body] == [r["verdict"] for r in rows]
+    assert all(cells[6] in ("met", "NOT met") for cells in body[1:5]) and body[0][5:7] == ["-", "-"]
+    assert [cells[5] for cells in body[1:5]] == ["16,000", "24,000", "128,000", "128,000"]
+    assert all(cells[7] != "-" and cells[8].endswith("%") for cells in body[5:])
+    checks = [line for line in lines if line.startswith("- check: ")]
+    assert len(checks) == 2 and all(": ok (" in line for line in checks)
+    assert any(line.startswith("- threads: ") for line in lines)
+    assert sum("bf16 weights, generate() batch" in line and "the float32 speed" in line for line in lines) == 2
+    json.dumps({k: v for k, v in section.items() if k != "table"})  # the bench writes it as json
+
+
+def test_generation_bf16_rows_say_not_available(monkeypatch):
+    # Before reset_state took weights_dtype: rows that say so, not a crash or a gap.
+    monkeypatch.setattr(bench_generation, "bf16_unavailable_reason", lambda model: "reset_state has no weights_dtype")
+    section = bench_generation.run_section(TINY_GENERATION)
+    rows = section["rows"]
+    assert [(r["kind"], r["batch"]) for r in rows] == GENERATION_ROWS
+    for r in rows[5:]:
+        assert not r["available"] and r["us_per_step"] is None and r["verdict"] == "-"
+        assert r["note"] == "not available: reset_state has no weights_dtype"
+    table_rows = [line for line in section["table"].splitlines() if line.startswith("| generate(), bf16 weights")]
+    assert len(table_rows) == 2 and all(_cells(line)[2:5] == ["not available"] * 3 for line in table_rows)
+    assert section["table"].count("not available: reset_state has no weights_dtype") == 2
+    assert section["failures"] == 0
+
+
+def test_bf16_unavailable_reason():
+    class Old:  # reset_state without weights_dtype
+        def reset_state(self, batch_size):
+            pass
+    assert "no weights_dtype" in bench_generation.bf16_unavailable_reason(Old())
+    model = TINY_GENERATION.model()
+    if "weights_dtype" in inspect.signature(model.reset_state).parameters:
+        assert bench_generation.bf16_unavailable_reason(model) is None
+        assert model.state.batch_size == 1 and model.state.t == 0  # left in a fresh float32 state
+
+
+@pytest.mark.parametrize("kind, batch, rate, expected", [
+    ("step", 1, 16000.0, (16000, "met")),
+    ("step", 1, 15999.9, (16000, "NOT met")),
+    ("generate", 1, 24000.0, (24000, "met")),
+    ("generate", 1, 23000.0, (24000, "NOT met")),
+    ("step", 8, 128000.0, (128000, "met")),
+    ("generate", 8, 127999.0, (128000, "NOT met")),
+    ("generate", 8, 1e9, (128000, "met")),
+    ("torch", 1, 1e9, (None, "-")),
+    ("generate_bf16", 1, 1e9, (None, "-")),
+    ("generate_bf16", 8, None, (None, "-")),
+    ("step", 4, 1e9, (None, "-")),  # no target at other batches
+    ("generate", 1, None, (24000, "NOT met")),  # not measured
+    ("generate", 1, float("nan"), (24000, "NOT met")),
+])
+def test_generation_targets(kind, batch, rate, expected):
+    assert bench_generation.evaluate_target(kind, batch, rate) == expected
+
+
+def test_generation_checks_catch_a_difference(monkeypatch):
+    model = TINY_GENERATION.model()  # outside inference mode, as the section builds it
+    with torch.inference_mode():
+        assert bench_generation.check_step_equals_forward(model, (1, 2), 10) == (
+            True, "batch 1: bitwise equal; batch 2: bitwise equal")
+        assert bench_generation.check_greedy_generate(model, (1, 2), 6) == (True, "batch 1: equal; batch 2: equal")
+        step, generate = model.step, model.generate
+        model.step = lambda x: step(x) * (1 + 2 ** -20)  # one rounding away
+        ok, detail = bench_generation.check_step_equals_forward(model, (1,), 10)
+        assert not ok and "batch 1: differs" in detail
+
+        def off_by_one(n, **kwargs):
+            samples = generate(n, **kwargs)
+            samples[0, -1] = (samples[0, -1] + 1) % model.out_channels
+            return samples
+        model.generate = off_by_one
+        assert bench_generation.check_greedy_generate(model, (1,), 6) == (False, "batch 1: 1 of 6 differ")

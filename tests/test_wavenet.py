@@ -1026,7 +1026,7 @@ def test_wavenet_state_assignment_checks_type_and_size():
 def _raw_op_arguments(dtype=torch.float64):
     model = _small_wavenet(dtype=dtype)  # 30 slots, 5 residual channels, 2 in, 3 out
     model.reset_state(2)
-    packed, plan = model._packed_weights()
+    _, packed, plan = model._generation("step")
     return model, packed, plan
 
 

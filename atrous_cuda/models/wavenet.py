@@ -109,15 +109,18 @@ class WaveNetState:
     t           steps taken since reset_state
     next_input  (N, in_channels): the input that generate() chose for step t (the fed-back
                 class of its last step), or None
+    weights_dtype  None (the parameters' dtype), or torch.bfloat16 (see WaveNet.reset_state)
 
     It can be copied (clone), moved or cast (to), and put back (model.state = s) to
     continue a sequence from there.
     """
 
-    def __init__(self, buffers: Tensor, t: int = 0, next_input: Optional[Tensor] = None):
+    def __init__(self, buffers: Tensor, t: int = 0, next_input: Optional[Tensor] = None,
+                 weights_dtype: Optional[torch.dtype] = None):
         self.buffers = buffers
         self.t = t
         self.next_input = next_input
+        self.weights_dtype = weights_dtype
 
     @property
     def batch_size(self) -> int:
@@ -125,15 +128,17 @@ class WaveNetState:
 
     def clone(self) -> "WaveNetState":
         return WaveNetState(self.buffers.clone(), self.t,
-                            None if self.next_input is None else self.next_input.clone())
+                            None if self.next_input is None else self.next_input.clone(), self.weights_dtype)
 
     def to(self, *args, **kwargs) -> "WaveNetState":
         return WaveNetState(self.buffers.to(*args, **kwargs), self.t,
-                            None if self.next_input is None else self.next_input.to(*args, **kwargs))
+                            None if self.next_input is None else self.next_input.to(*args, **kwargs),
+                            self.weights_dtype)
 
     def __repr__(self):
+        weights = "" if self.weights_dtype is None else f", weights_dtype={self.weights_dtype}"
         return (f"WaveNetState(batch_size={self.batch_size}, t={self.t}, slots={self.buffers.shape[0]}, "
-                f"dtype={self.buffers.dtype}, device={self.buffers.device})")
+                f"dtype={self.buffers.dtype}, device={self.buffers.device}{weights})")
 
 
 class WaveNet(nn.Module):
@@ -271,12 +276,23 @@ class WaveNet(nn.Module):
             total += b.history
         return offsets + [total]
 
-    def reset_state(self, batch_size: int):
-        """Starts a new sequence of `step`/`generate` calls for batch_size sequences (all past inputs zero)."""
+    def reset_state(self, batch_size: int, weights_dtype: Optional[torch.dtype] = None):
+        """Starts a new sequence of `step`/`generate` calls for batch_size sequences (all past inputs zero).
+
+        weights_dtype=torch.bfloat16 (a float32 model on the CPU): the C++ path multiplies by
+        bfloat16 copies of the weights, with float32 activations and sums. That halves the
+        weight bytes that every step streams through the caches; the outputs then differ from
+        forward by the weights' rounding (bench/results/bench-cpu.md has the measured error).
+        """
         check_int("WaveNet.reset_state", "batch_size", batch_size)
         p = self.input_conv.weight
+        if weights_dtype is not None and weights_dtype != p.dtype and not (
+                weights_dtype == torch.bfloat16 and p.dtype == torch.float32 and p.device.type == "cpu"):
+            raise ValueError(f"WaveNet.reset_state: expected weights_dtype None or torch.bfloat16 (for a float32 "
+                             f"model on the CPU), got {weights_dtype} for a {p.dtype} model on {p.device}")
         slots = self._slot_offsets()[-1]
-        self._state = WaveNetState(p.new_zeros(slots, batch_size, self.residual_channels))
+        self._state = WaveNetState(p.new_zeros(slots, batch_size, self.residual_channels),
+                                   weights_dtype=None if weights_dtype == p.dtype else weights_dtype)
         self._packed = None  # re-read the parameter objects
 
     @property
@@ -295,6 +311,7 @@ class WaveNet(nn.Module):
                 raise ValueError(f"WaveNet.state: expected buffers of size ({expected[0]}, N, {expected[1]}) "
                                  f"for this model, got {list(value.buffers.shape)}")
         self._state = value
+        self._packed = None  # the next step checks the state against the parameters
 
     def _current_state(self, caller: str) -> WaveNetState:
         state = self._state
@@ -326,19 +343,27 @@ class WaveNet(nn.Module):
                 hidden.weight, bias(hidden), output.weight, bias(output),
                 [b.dilation for b in blocks])
 
-    def _packed_weights(self):
-        """The packed weights of the C++ path: packed once, again whenever a parameter changes
-        (an in-place update such as an optimizer step or load_state_dict, or new data from .to()).
-        A parameter replaced by a new Parameter object is seen at the next reset_state."""
+    def _generation(self, caller: str):
+        """(state, packed, plan) for the next steps: packed and plan are the C++ path's weights
+        (None on the torch path: CUDA, 16-bit models), packed once and again whenever a parameter
+        changes (an in-place update such as an optimizer step or load_state_dict, or new data from
+        .to(), which the state then follows). A parameter replaced by a new Parameter object is
+        seen at the next reset_state."""
+        state = self._state
+        if state is None:
+            raise RuntimeError(f"WaveNet.{caller}: call reset_state(batch_size) first")
         cache = self._packed
         if cache is None or cache[0].changed():
+            state = self._current_state(caller)
             args = self._pack_arguments()
             params = [t for a in args[:-1] for t in (a if isinstance(a, list) else [a])]
-            with torch.no_grad():
-                packed, plan = wavenet_pack(*(a.detach() if isinstance(a, Tensor) else [t.detach() for t in a]
-                                              for a in args[:-1]), args[-1])
+            packed = plan = None
+            if self._native():
+                with torch.no_grad():
+                    packed, plan = wavenet_pack(*(a.detach() if isinstance(a, Tensor) else [t.detach() for t in a]
+                                                  for a in args[:-1]), args[-1], state.weights_dtype)
             self._packed = cache = (TensorVersions(params), packed, plan)
-        return cache[1], cache[2]
+        return state, cache[1], cache[2]
 
     def _step_conditioning(self, n: int, steps: int, local: Optional[Tensor], glob: Optional[Tensor], caller: str):
         """Projected conditioning for `steps` steps: local (N, blocks*2G, steps) from upsampled
@@ -407,16 +432,28 @@ class WaveNet(nn.Module):
         parameters; the state follows the model if it is moved or cast
         (model.to(...)) between reset_state and step.
         """
+        state, packed, plan = self._generation("step")
+        buffers = state.buffers
+        if not isinstance(x, Tensor):
+            raise TypeError(f"WaveNet.step: expected x to be a tensor, got {type(x).__name__}")
+        if x.dtype != buffers.dtype or x.device != buffers.device:
+            raise TypeError(f"WaveNet.step: expected x of dtype {buffers.dtype} on {buffers.device} (the model's "
+                            f"parameters), got {x.dtype} on {x.device}")
+        n = buffers.shape[1]
+        single = x.dim() == 2
+        if x.dim() not in (2, 3) or x.shape[0] != n or x.shape[1] != self.in_channels:
+            raise ValueError(f"WaveNet.step: expected x of size ({n}, {self.in_channels}) or "
+                             f"({n}, {self.in_channels}, steps), got {tuple(x.shape)}")
+        inputs = x.unsqueeze(2) if single else x
+        if packed is not None and local_conditioning is None and global_conditioning is None and \
+                not (self.local_channels or self.global_channels or x.requires_grad):
+            # The common case, kept lean (a step is tens of microseconds): the op records no graph.
+            out = wavenet_step(buffers, packed, plan, inputs, None, None, state.t)
+            state.t += inputs.shape[2]
+            state.next_input = None
+            return out.select(2, 0) if single else out
+        local = glob = None
         with torch.no_grad():
-            state = self._current_state("step")
-            self._check_tensor("step", "x", x)
-            n = state.batch_size
-            single = x.dim() == 2
-            if x.dim() not in (2, 3) or x.shape[0] != n or x.shape[1] != self.in_channels:
-                raise ValueError(f"WaveNet.step: expected x of size ({n}, {self.in_channels}) or "
-                                 f"({n}, {self.in_channels}, steps), got {tuple(x.shape)}")
-            inputs = x.unsqueeze(2) if single else x
-            local = glob = None
             if local_conditioning is not None or global_conditioning is not None or self.local_channels or \
                     self.global_channels:
                 if local_conditioning is not None:
@@ -428,13 +465,12 @@ class WaveNet(nn.Module):
                 local, glob = self._step_conditioning(n, inputs.shape[2], local_conditioning, global_conditioning,
                                                       "step")
             state.next_input = None
-            if state.buffers.device.type == "cpu" and state.buffers.dtype in _NATIVE_DTYPES:
-                packed, plan = self._packed_weights()
-                out = wavenet_step(state.buffers, packed, plan, inputs, local, glob, state.t)
+            if packed is not None:
+                out = wavenet_step(buffers, packed, plan, inputs, local, glob, state.t)
                 state.t += inputs.shape[2]
             else:
                 out = self._steps_torch(state, inputs, local, glob)
-            return out[:, :, 0] if single else out
+        return out.select(2, 0) if single else out
 
     def _feedback_table(self, feedback) -> Tensor:
         p = self.input_conv.weight
@@ -483,7 +519,7 @@ class WaveNet(nn.Module):
         The state advances as steps are taken: after an interrupt it holds every finished
         chunk, and generate() continues from there.
         """
-        state = self._current_state("generate")
+        state, packed, plan = self._generation("generate")
         n = state.batch_size
         p = self.input_conv.weight
         features = None
@@ -524,7 +560,6 @@ class WaveNet(nn.Module):
         report = _progress(progress, num_samples)
         _, glob = self._step_conditioning(n, 1, None if features is None else features[:, :, :1],
                                           global_conditioning, "generate")
-        native = self._native()
         chunks = []
         x = first_input
         done = 0
@@ -534,8 +569,8 @@ class WaveNet(nn.Module):
                 local = None
                 if features is not None:
                     local = self.local_conditioning(features[:, :, done:done + steps])
-                if native:
-                    packed, plan = self._packed_weights()
+                state, packed, plan = self._generation("generate")  # a callback may have changed weights
+                if packed is not None:
                     samples = wavenet_generate(state.buffers, packed, plan, x.contiguous(), table, local, glob,
                                                state.t, steps, float(temperature), bool(greedy), generator)
                     state.t += steps

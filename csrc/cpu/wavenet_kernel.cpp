@@ -38,7 +38,6 @@
 #include <cstring>
 #include <atomic>
 #include <memory>
-#include <thread>
 #include <limits>
 #include <vector>
 
@@ -252,7 +251,8 @@ enum PlanField : int64_t {
   kOutChannels,
   kTaps,
   kLayers,
-  kSlots,  // ring-buffer slots of all layers
+  kSlots,        // ring-buffer slots of all layers
+  kWeightsBf16,  // 1: the weight panels are bfloat16 (two to a float of `packed`), biases float
   kInputW,
   kInputB,
   kHiddenW,
@@ -271,7 +271,7 @@ enum LayerField : int64_t {
   kResSkipB,
   kLayerFields
 };
-constexpr int64_t kPlanFormat = 2;
+constexpr int64_t kPlanFormat = 3;
 
 template <typename T>
 constexpr int64_t kWidth = cpu::panel_width<T>();
@@ -316,6 +316,31 @@ int64_t append_panels(std::vector<T>& out, const T* w, int64_t col_stride, int64
   return offset;
 }
 
+// append_panels with the panels rounded to bfloat16 (nearest even), two to
+// a float of `out`; the offset counts floats, as every offset of the plan.
+int64_t append_panels_bf16(std::vector<float>& out, const float* w, int64_t col_stride, int64_t k_stride,
+                           int64_t depth, int64_t cols) {
+  std::vector<float> panels;
+  append_panels(panels, w, col_stride, k_stride, depth, cols);
+  const int64_t offset = static_cast<int64_t>(out.size());
+  out.resize(out.size() + panels.size() / 2);  // a whole number of 16-wide panel rows: even
+  auto* dst = reinterpret_cast<c10::BFloat16*>(out.data() + offset);
+  for (size_t i = 0; i < panels.size(); ++i) dst[i] = c10::BFloat16(panels[i]);
+  return offset;
+}
+
+// The weight panels of `packed`: in the weights' dtype, or bfloat16 (float32 weights only).
+inline int64_t append_weight_panels(std::vector<float>& out, bool bf16, const float* w, int64_t col_stride,
+                                    int64_t k_stride, int64_t depth, int64_t cols) {
+  return bf16 ? append_panels_bf16(out, w, col_stride, k_stride, depth, cols)
+              : append_panels(out, w, col_stride, k_stride, depth, cols);
+}
+inline int64_t append_weight_panels(std::vector<double>& out, bool bf16, const double* w, int64_t col_stride,
+                                    int64_t k_stride, int64_t depth, int64_t cols) {
+  TORCH_INTERNAL_ASSERT(!bf16, "bfloat16 panels of float64 weights");
+  return append_panels(out, w, col_stride, k_stride, depth, cols);
+}
+
 template <typename T>
 int64_t append_row(std::vector<T>& out, const T* values, int64_t cols) {
   const int64_t offset = static_cast<int64_t>(out.size());
@@ -348,7 +373,8 @@ std::tuple<Tensor, Tensor> wavenet_pack_cpu(const Tensor& input_w, const Tensor&
                                             at::TensorList skip_w, at::TensorList skip_b,
                                             const Tensor& hidden_w, const Tensor& hidden_b,
                                             const Tensor& output_w, const Tensor& output_b,
-                                            c10::IntArrayRef dilations) {
+                                            c10::IntArrayRef dilations,
+                                            c10::optional<at::ScalarType> weights_dtype) {
   const int64_t layers = static_cast<int64_t>(dilations.size());
   TORCH_CHECK(layers >= 1, "wavenet_pack: expected at least one layer, got no dilations");
   TORCH_CHECK(static_cast<int64_t>(conv_w.size()) == layers && static_cast<int64_t>(conv_b.size()) == layers &&
@@ -365,7 +391,12 @@ std::tuple<Tensor, Tensor> wavenet_pack_cpu(const Tensor& input_w, const Tensor&
   const int64_t S = skip_w[0].size(0), out = output_w.size(0);
   TORCH_CHECK(G2 % 2 == 0, "wavenet_pack: expected conv weights with an even number of output channels, got ", G2);
   const int64_t G = G2 / 2;
+  const bool bf16 = weights_dtype.has_value() && *weights_dtype != dtype;
+  TORCH_CHECK(!bf16 || (*weights_dtype == at::kBFloat16 && dtype == at::kFloat),
+              "wavenet_pack: expected weights_dtype to be None, the weights' dtype or bfloat16 (with float32 "
+              "weights), got ", *weights_dtype, " for ", dtype, " weights");
   std::vector<int64_t> plan(kHeaderFields + layers * kLayerFields, 0);
+  plan[kWeightsBf16] = bf16;
   plan[kPlanVersion] = kPlanFormat;
   plan[kInChannels] = in;
   plan[kResidual] = R;
@@ -382,7 +413,11 @@ std::tuple<Tensor, Tensor> wavenet_pack_cpu(const Tensor& input_w, const Tensor&
       return conv_weight(w, name, o, i, k, dtype);
     };
     // 1x1 conv (o, i, 1): B[k][col] = w[col][k].
-    auto pointwise = [&](const Tensor& w) { return append_panels(buf, w.data_ptr<T>(), w.size(1), 1, w.size(1), w.size(0)); };
+    // B[k][col] = w[col * col_stride + k * k_stride], in the weights' dtype or bfloat16.
+    auto panels = [&](const T* w, int64_t col_stride, int64_t k_stride, int64_t depth, int64_t cols) {
+      return append_weight_panels(buf, bf16, w, col_stride, k_stride, depth, cols);
+    };
+    auto pointwise = [&](const Tensor& w) { return panels(w.data_ptr<T>(), w.size(1), 1, w.size(1), w.size(0)); };
     auto bias = [&](const Tensor& b, const char* name, int64_t o) {
       return append_row(buf, conv_bias(b, name, o, dtype).data_ptr<T>(), o);
     };
@@ -402,7 +437,7 @@ std::tuple<Tensor, Tensor> wavenet_pack_cpu(const Tensor& input_w, const Tensor&
       lp[kConvW] = static_cast<int64_t>(buf.size());
       for (int64_t m = 0; m < taps; ++m)
         for (int64_t half = 0; half < 2; ++half)
-          append_panels(buf, cw.data_ptr<T>() + half * G * R * taps + m, R * taps, taps, R, G);
+          panels(cw.data_ptr<T>() + half * G * R * taps + m, R * taps, taps, R, G);
       const Tensor cb = conv_bias(conv_b[l], "conv_bias", G2, dtype);
       lp[kConvB] = append_row(buf, cb.data_ptr<T>(), G);
       append_row(buf, cb.data_ptr<T>() + G, G);
@@ -505,9 +540,36 @@ struct StepGemmArgs {
   T* const* c;        // rows pointers to the C rows (column 0)
   const T* b;         // packed panels, panel p at b + p * depth * width
   int64_t panel_begin, panel_end;
+  const uint16_t* b_bf16 = nullptr;  // instead of b: bfloat16 panels (float C only), same layout
 };
 
-template <typename T, int VB, int ROWS, int NP>
+// VB / 4 bfloat16 bit patterns, and the 32-bit words they widen into.
+template <int VB>
+struct Bf16Vec {
+  typedef uint16_t half __attribute__((vector_size(VB / 2)));
+  typedef uint32_t word __attribute__((vector_size(VB)));
+};
+
+// The B vector at b + offset: values of T, or bfloat16 widened to float (its
+// 16 bits are the high half of the float's).
+template <typename T, int VB, bool kBf16>
+inline typename StepVec<T, VB>::type load_b(const StepGemmArgs<T>& g, int64_t offset) {
+  using V = typename StepVec<T, VB>::type;
+  V v;
+  if constexpr (kBf16) {
+    using vh = typename Bf16Vec<VB>::half;
+    using vu = typename Bf16Vec<VB>::word;
+    vh h;
+    std::memcpy(&h, g.b_bf16 + offset, sizeof(h));
+    const vu widened = __builtin_convertvector(h, vu) << 16;
+    std::memcpy(&v, &widened, VB);
+  } else {
+    std::memcpy(&v, g.b + offset, VB);
+  }
+  return v;
+}
+
+template <typename T, int VB, int ROWS, int NP, bool kBf16>
 inline void step_tile(const StepGemmArgs<T>& g, int64_t row0, int64_t panel) {
   using V = typename StepVec<T, VB>::type;
   constexpr int NV = StepVec<T, VB>::kPerPanel, lanes = StepVec<T, VB>::kLanes;
@@ -520,12 +582,12 @@ inline void step_tile(const StepGemmArgs<T>& g, int64_t row0, int64_t panel) {
       for (int v = 0; v < NV; ++v)
         std::memcpy(&acc[i][q * NV + v], g.c[row0 + i] + (panel + q) * width + v * lanes, VB);
   }
-  const T* b = g.b + panel * g.depth * width;
-  const int64_t panel_stride = g.depth * width;
+  const int64_t b0 = panel * g.depth * width, panel_stride = g.depth * width;
   for (int64_t k = 0; k < g.depth; ++k) {
     V bv[NP * NV];
     for (int q = 0; q < NP; ++q)
-      for (int v = 0; v < NV; ++v) std::memcpy(&bv[q * NV + v], b + q * panel_stride + k * width + v * lanes, VB);
+      for (int v = 0; v < NV; ++v)
+        bv[q * NV + v] = load_b<T, VB, kBf16>(g, b0 + q * panel_stride + k * width + v * lanes);
     for (int i = 0; i < ROWS; ++i) {
       const T ai = a[i][k];
       for (int v = 0; v < NP * NV; ++v) acc[i][v] += ai * bv[v];
@@ -548,12 +610,20 @@ constexpr int step_panels() {
   return 1;
 }
 
-template <typename T, int VB, int ROWS>
-inline void step_rows(const StepGemmArgs<T>& g, int64_t row0) {
+template <typename T, int VB, int ROWS, bool kBf16>
+inline void step_rows_of(const StepGemmArgs<T>& g, int64_t row0) {
   constexpr int NP = step_panels<VB, ROWS>();
   int64_t p = g.panel_begin;
-  for (; p + NP <= g.panel_end; p += NP) step_tile<T, VB, ROWS, NP>(g, row0, p);
-  for (; p < g.panel_end; ++p) step_tile<T, VB, ROWS, 1>(g, row0, p);
+  for (; p + NP <= g.panel_end; p += NP) step_tile<T, VB, ROWS, NP, kBf16>(g, row0, p);
+  for (; p < g.panel_end; ++p) step_tile<T, VB, ROWS, 1, kBf16>(g, row0, p);
+}
+
+template <typename T, int VB, int ROWS>
+inline void step_rows(const StepGemmArgs<T>& g, int64_t row0) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (g.b_bf16 != nullptr) return step_rows_of<T, VB, ROWS, true>(g, row0);
+  }
+  step_rows_of<T, VB, ROWS, false>(g, row0);
 }
 
 // Rows in tiles of at most MaxRows, the last one peeled to its size.
@@ -618,33 +688,63 @@ constexpr int kMaxTeam = 8;
 // A barrier for a team that runs concurrently (an OpenMP team): each member
 // counts its own arrivals on a cache line of its own and waits until every
 // other member's count reaches it (no member can be more than one barrier
-// ahead, so >= is exact). For two members a barrier is one line handed over
-// each way. After kSpinsBeforeYield pauses (about 20 us) it yields on every
-// further check: where the team shares a core with other work (more threads
-// than free cores), a member spinning through its time slice would otherwise
-// keep the one it waits for off the core for a whole slice per barrier.
-constexpr int kSpinsBeforeYield = 400;
+// ahead, so the comparison is exact; the counts wrap, hence the difference).
+// For two members a barrier is one line handed over each way. A member spins
+// for kSpinsBeforeSleep pauses (about 20 us), then sleeps on the other's
+// counter (C++20 atomic wait, a futex), and every arrival notifies: where the
+// team shares cores with other work, a member would otherwise spin through
+// time slices that the member it waits for needs (measured: 6 ms a step with
+// a busy second core, instead of 60 us).
+constexpr int kSpinsBeforeSleep = 400;
+
 class SpinBarrier {
  public:
   explicit SpinBarrier(int threads) : threads_(threads) {}
   void wait(int member) {
     if (threads_ == 1) return;
-    const int64_t mine = arrivals_[member].count.load(std::memory_order_relaxed) + 1;
-    arrivals_[member].count.store(mine, std::memory_order_release);
+    std::atomic<int32_t>& own = arrivals_[member].count;
+    const int32_t mine = own.load(std::memory_order_relaxed) + 1;
+    own.store(mine, std::memory_order_seq_cst);
+    // A notify is a system call: only when someone sleeps on this counter
+    // (a sleeper announces itself before it looks at the count a last time,
+    // and both sides are seq_cst, so one of them sees the other).
+    if (arrivals_[member].sleepers.load(std::memory_order_seq_cst) > 0) own.notify_all();
     for (int other = 0; other < threads_; ++other) {
       if (other == member) continue;
-      for (int spins = 0; arrivals_[other].count.load(std::memory_order_acquire) < mine; ++spins) {
+      std::atomic<int32_t>& theirs = arrivals_[other].count;
+      int32_t seen = theirs.load(std::memory_order_acquire);
+      for (int spins = 0; static_cast<int32_t>(seen - mine) < 0; ++spins) {
+        if (spins < kSpinsBeforeSleep) {
 #if defined(__x86_64__)
-        _mm_pause();
+          _mm_pause();
 #endif
-        if (spins > kSpinsBeforeYield) std::this_thread::yield();
+        } else {
+          if (spins == kSpinsBeforeSleep) arrivals_[member].sleeps += 1;
+          arrivals_[other].sleepers.fetch_add(1, std::memory_order_seq_cst);
+          if (theirs.load(std::memory_order_seq_cst) == seen) theirs.wait(seen, std::memory_order_acquire);
+          arrivals_[other].sleepers.fetch_sub(1, std::memory_order_relaxed);
+        }
+        seen = theirs.load(std::memory_order_acquire);
       }
     }
   }
 
  private:
+
+ public:
+  // Barriers at which some member had to sleep: where that happens at most
+  // steps, the team shares its cores with other work.
+  int64_t sleeps() const {
+    int64_t total = 0;
+    for (int m = 0; m < threads_; ++m) total += arrivals_[m].sleeps;
+    return total;
+  }
+
+ private:
   struct alignas(64) Arrivals {
-    std::atomic<int64_t> count{0};
+    std::atomic<int32_t> count{0};
+    std::atomic<int32_t> sleepers{0};  // members asleep on count
+    int64_t sleeps = 0;                // written by its member only
   };
   const int threads_;
   Arrivals arrivals_[kMaxTeam];
@@ -730,7 +830,9 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
   const int64_t W = kWidth<T>;
   const int64_t r_panels = cpu::panels_for<T>(R), g_panels = cpu::panels_for<T>(G);
   const int64_t s_panels = cpu::panels_for<T>(S), o_panels = cpu::panels_for<T>(out);
-  const int64_t tap_size = 2 * g_panels * R * W;
+  // bfloat16 weight panels take half the floats of `packed` (offsets count floats).
+  const bool bf16 = plan[kWeightsBf16] != 0;
+  const int64_t tap_size = 2 * g_panels * R * W / (bf16 ? 2 : 1);
   // This member's panels of each product.
   const Share input_share = share_of(r_panels, member, team), gate_share = share_of(g_panels, member, team);
   const Share rs_share = share_of(r_panels + s_panels, member, team);
@@ -747,7 +849,8 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
   auto product = [&](const T* const* a_rows, T* base, int64_t ld, int64_t depth, int64_t b_offset, Share panels) {
     if (panels.begin >= panels.end) return;
     for (int64_t n = 0; n < N; ++n) c[n] = base + n * ld;
-    gemm.run(StepGemmArgs<T>{N, depth, a_rows, c.data(), packed + b_offset, panels.begin, panels.end});
+    gemm.run(StepGemmArgs<T>{N, depth, a_rows, c.data(), packed + b_offset, panels.begin, panels.end,
+                             bf16 ? reinterpret_cast<const uint16_t*>(packed + b_offset) : nullptr});
   };
   // Columns [panels) of C rows = the bias row at bias_offset.
   auto set_bias = [&](T* base, int64_t ld, int64_t bias_offset, Share panels) {
@@ -876,11 +979,26 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
   }
 }
 
+// A team that shares its cores with other work sleeps at nearly every
+// barrier, and 43 barriers a step then cost a scheduler wake-up each (0.5-0.6
+// ms a step measured beside one busy process, against 95 us on one thread).
+// Where a call slept at more than a tenth of its barriers (beyond the first
+// few, where a member may start late), the calls that follow run on one
+// thread, then a team is tried again. Results do not depend on the team, so
+// this changes speed only.
+constexpr int64_t kSleepsPerStepUnderContention = 4, kSleepsAtStart = 4;
+constexpr int64_t kSoloCallsAfterContention = 64;
+std::atomic<int64_t> g_solo_calls{0};
+
 // Team size: the intra-op threads, at most one per panel of the widest share
 // that matters (beyond that members would idle), and one inside a parallel
-// region (no nested teams).
+// region (no nested teams) or after contention.
 int step_team_size(const Plan& plan) {
   if (at::in_parallel_region()) return 1;
+  if (g_solo_calls.load(std::memory_order_relaxed) > 0) {
+    g_solo_calls.fetch_sub(1, std::memory_order_relaxed);
+    return 1;
+  }
   const int64_t panels = cpu::panels_for<float>(plan[kGates]);
   return static_cast<int>(std::clamp<int64_t>(std::min<int64_t>(at::get_num_threads(), panels), 1, kMaxTeam));
 }
@@ -901,12 +1019,16 @@ void run_steps(const Plan& plan, const T* packed, T* state, const StepIo<T>& io,
   // The team's size is what OpenMP gives (at most `wanted`), known only inside the region.
   std::unique_ptr<SpinBarrier> barriers[kMaxTeam];
   for (int size = 1; size <= wanted; ++size) barriers[size - 1] = std::make_unique<SpinBarrier>(size);
+  std::atomic<int> team_size{1};
 #pragma omp parallel num_threads(wanted)
   {
     const int team = omp_get_num_threads(), member = omp_get_thread_num();
+    if (member == 0) team_size.store(team, std::memory_order_relaxed);
     run_member(plan, packed, state, io, t0, steps, buf, *barriers[team - 1], gemm, gate_row, scratch[member],
                member, team);
   }
+  if (barriers[team_size.load() - 1]->sleeps() > kSleepsPerStepUnderContention * steps + kSleepsAtStart)
+    g_solo_calls.store(kSoloCallsAfterContention, std::memory_order_relaxed);
 }
 
 void check_state(const Tensor& state, const Plan& plan, at::ScalarType dtype) {
