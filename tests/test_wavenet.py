@@ -431,6 +431,52 @@ def test_wavenet_kernel_size_1_has_no_ring():
     _assert_bitwise(model.step(x), model(x).detach(), "kernel_size 1")
 
 
+# ------------------------------------------------------ threads of a step --
+#
+# The tiny models above have one panel of gates, so their steps run on one
+# thread. These have several: with 2 threads a batch of 1-3 runs on a team
+# that shares the columns of every product (barriers between the phases),
+# and a batch of 4 or more on threads that share the rows.
+
+
+def _wide_wavenet(dtype):
+    model = WaveNet(4, 4, residual_channels=20, gate_channels=40, skip_channels=24, dilations=(1, 2, 4), stacks=2,
+                    local_channels=3, upsample_factor=2, global_channels=2)
+    return _lively(model, seed=7, gain=3.0).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 3, 5])
+def test_wavenet_steps_on_two_threads_equal_forward_bitwise(two_threads, dtype, batch):
+    model = _wide_wavenet(dtype)
+    length = 23
+    x = seeded_randn((batch, 4, length), dtype=dtype)
+    frames = seeded_randn((batch, 3, 12), dtype=dtype, seed=3)
+    glob = seeded_randn((batch, 2), dtype=dtype, seed=5)
+    with torch.no_grad():
+        full = model(x, frames, glob)
+    features = model.upsample_conditioning(frames)
+    model.reset_state(batch)
+    one_call = model.step(x, features[:, :, :length], glob)
+    _assert_bitwise(one_call, full, f"one call, batch {batch}")
+    model.reset_state(batch)
+    per_step = torch.stack([model.step(x[:, :, t], features[:, :, t], glob) for t in range(length)], dim=2)
+    _assert_bitwise(per_step, full, f"one step a call, batch {batch}")
+
+
+@pytest.mark.parametrize("batch", [2, 5])
+def test_wavenet_greedy_generate_on_two_threads_equals_argmax_of_forward(two_threads, batch):
+    model = _wide_wavenet(torch.float64)
+    frames = seeded_randn((batch, 3, 15), dtype=torch.float64, seed=3)
+    glob = seeded_randn((batch, 2), dtype=torch.float64, seed=5)
+    model.reset_state(batch)
+    samples = model.generate(30, greedy=True, local_conditioning=frames, global_conditioning=glob)
+    _assert_not_constant(samples)
+    expected = _greedy_by_hand(model, 30, torch.eye(4, dtype=torch.float64),
+                               torch.zeros(batch, 4, dtype=torch.float64), frames=frames, glob=glob)
+    assert torch.equal(samples, expected)
+
+
 # ---------------------------------------------------------------- generate --
 
 

@@ -824,7 +824,7 @@ struct MemberScratch {
 template <typename T>
 void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io, int64_t t0, int64_t steps,
                 StepBuffers<T>& buf, SpinBarrier& barrier, const StepGemm<T>& gemm, const GateRow& gate_row,
-                MemberScratch<T>& scratch, int member, int team) {
+                MemberScratch<T>& scratch, int member, int team, int64_t row0, int64_t rows) {
   const int64_t in = plan[kInChannels], R = plan[kResidual], G = plan[kGates], S = plan[kSkip];
   const int64_t out = plan[kOutChannels], taps = plan[kTaps], layers = plan[kLayers], N = io.batch;
   const int64_t W = kWidth<T>;
@@ -843,23 +843,24 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
   std::vector<const T*>& a = scratch.a;
   std::vector<const T*>& inputs_now = scratch.inputs_now;
   std::vector<T*>& c = scratch.c;
-  for (int64_t n = 0; n < N; ++n) inputs_now[n] = io.first_input != nullptr ? io.first_input + n * in : nullptr;
+  for (int64_t r = 0; r < rows; ++r)
+    inputs_now[r] = io.first_input != nullptr ? io.first_input + (row0 + r) * in : nullptr;
 
   // C rows (ld apart, from `base`) += A rows x panels [share) of the packed B at b_offset.
   auto product = [&](const T* const* a_rows, T* base, int64_t ld, int64_t depth, int64_t b_offset, Share panels) {
     if (panels.begin >= panels.end) return;
-    for (int64_t n = 0; n < N; ++n) c[n] = base + n * ld;
-    gemm.run(StepGemmArgs<T>{N, depth, a_rows, c.data(), packed + b_offset, panels.begin, panels.end,
+    for (int64_t r = 0; r < rows; ++r) c[r] = base + r * ld;
+    gemm.run(StepGemmArgs<T>{rows, depth, a_rows, c.data(), packed + b_offset, panels.begin, panels.end,
                              bf16 ? reinterpret_cast<const uint16_t*>(packed + b_offset) : nullptr});
   };
   // Columns [panels) of C rows = the bias row at bias_offset.
   auto set_bias = [&](T* base, int64_t ld, int64_t bias_offset, Share panels) {
-    for (int64_t n = 0; n < N; ++n)
+    for (int64_t r = 0; r < rows; ++r)
       std::copy(packed + bias_offset + panels.begin * W, packed + bias_offset + panels.end * W,
-                base + n * ld + panels.begin * W);
+                base + r * ld + panels.begin * W);
   };
   auto rows_of = [&](const T* base, int64_t ld) {
-    for (int64_t n = 0; n < N; ++n) a[n] = base + n * ld;
+    for (int64_t r = 0; r < rows; ++r) a[r] = base + r * ld;
     return a.data();
   };
 
@@ -874,18 +875,18 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
       for (int64_t m = 0; m + 1 < taps; ++m) {
         const int64_t src_t = t - (taps - 1 - m) * plan.layer(l, kDilation);
         if (src_t < 0) continue;
-        const char* slot = reinterpret_cast<const char*>(ring + (src_t % history) * N * R);
-        for (int64_t byte = 0; byte < N * R * static_cast<int64_t>(sizeof(T)); byte += 64)
+        const char* slot = reinterpret_cast<const char*>(ring + ((src_t % history) * N + row0) * R);
+        for (int64_t byte = 0; byte < rows * R * static_cast<int64_t>(sizeof(T)); byte += 64)
           __builtin_prefetch(slot + byte, 0, 2);
       }
     }
     // Input 1x1 conv into this member's columns of h.
     if (io.inputs.data != nullptr) {
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t ci = 0; ci < in; ++ci) x[n * in + ci] = io.inputs.at(n, ci, s);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t ci = 0; ci < in; ++ci) x[r * in + ci] = io.inputs.at(row0 + r, ci, s);
       rows_of(x.data(), in);
     } else {
-      for (int64_t n = 0; n < N; ++n) a[n] = inputs_now[n];
+      for (int64_t r = 0; r < rows; ++r) a[r] = inputs_now[r];
     }
     set_bias(buf.h, buf.h_ld, plan[kInputB], input_share);
     product(a.data(), buf.h, buf.h_ld, in, plan[kInputW], input_share);
@@ -904,7 +905,7 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
         if (m == taps - 1) {
           rows_of(buf.h, buf.h_ld);
         } else {
-          const T* slot = ring + (src_t % history) * N * R;
+          const T* slot = ring + ((src_t % history) * N + row0) * R;
           rows_of(slot, R);
         }
         const int64_t b = plan.layer(l, kConvW) + m * tap_size;
@@ -912,8 +913,9 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
         product(a.data(), buf.pre, buf.pre_ld, R, b, gate_panels);
       }
       // Conditioning, then the gate, on this member's channels.
-      for (int64_t n = 0; n < N; ++n) {
-        T* f = buf.pre + n * buf.pre_ld;
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t n = row0 + r;
+        T* f = buf.pre + r * buf.pre_ld;
         T* g = f + g_panels * W;
         for (int64_t ch = gate_c0; ch < gate_c1; ++ch) {
           if (io.local.data != nullptr) {
@@ -925,7 +927,7 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
             g[ch] = g[ch] + io.global.at(n, l * 2 * G + G + ch, 0);
           }
         }
-        if (gate_c1 > gate_c0) gate_row(f + gate_c0, g + gate_c0, buf.z + n * buf.z_ld + gate_c0, gate_c1 - gate_c0);
+        if (gate_c1 > gate_c0) gate_row(f + gate_c0, g + gate_c0, buf.z + r * buf.z_ld + gate_c0, gate_c1 - gate_c0);
       }
       barrier.wait(member);  // z complete; every read of h and of the ring done
 
@@ -935,15 +937,15 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
       const int64_t res_c0 = std::min(R, rs_share.begin * W), res_c1 = std::min(R, rs_share.end * W);
       const int64_t skip_c0 = std::clamp(rs_share.begin - r_panels, int64_t(0), s_panels) * W;
       const int64_t skip_c1 = std::min(S, std::clamp(rs_share.end - r_panels, int64_t(0), s_panels) * W);
-      for (int64_t n = 0; n < N; ++n) {
-        T* hn = buf.h + n * buf.h_ld;
-        const T* rn = buf.rs + n * buf.rs_ld;
+      for (int64_t r = 0; r < rows; ++r) {
+        T* hn = buf.h + r * buf.h_ld;
+        const T* rn = buf.rs + r * buf.rs_ld;
         if (history > 0) {  // input t goes to slot t mod history, after every read of the slot
-          T* slot = ring + (t % history) * N * R + n * R;
+          T* slot = ring + ((t % history) * N + row0 + r) * R;
           std::copy(hn + res_c0, hn + res_c1, slot + res_c0);
         }
         for (int64_t ch = res_c0; ch < res_c1; ++ch) hn[ch] = hn[ch] + rn[ch];
-        T* sn = buf.skips + n * buf.skip_ld;
+        T* sn = buf.skips + r * buf.skip_ld;
         const T* skip = rn + r_panels * W;
         if (l == 0)
           std::copy(skip + skip_c0, skip + skip_c1, sn + skip_c0);
@@ -954,26 +956,27 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
     }
 
     // Output head: ReLU, 1x1, ReLU, 1x1.
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t ch = 0; ch < S; ++ch) act[n * buf.skip_ld + ch] = relu(buf.skips[n * buf.skip_ld + ch]);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t ch = 0; ch < S; ++ch) act[r * buf.skip_ld + ch] = relu(buf.skips[r * buf.skip_ld + ch]);
     set_bias(buf.hidden, buf.skip_ld, plan[kHiddenB], hidden_share);
     product(rows_of(act.data(), buf.skip_ld), buf.hidden, buf.skip_ld, S, plan[kHiddenW], hidden_share);
     barrier.wait(member);  // hidden complete
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t ch = 0; ch < S; ++ch) act[n * buf.skip_ld + ch] = relu(buf.hidden[n * buf.skip_ld + ch]);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t ch = 0; ch < S; ++ch) act[r * buf.skip_ld + ch] = relu(buf.hidden[r * buf.skip_ld + ch]);
     set_bias(buf.logits, buf.out_ld, plan[kOutputB], out_share);
     product(rows_of(act.data(), buf.skip_ld), buf.logits, buf.out_ld, S, plan[kOutputW], out_share);
     barrier.wait(member);  // logits complete
 
-    for (int64_t n = 0; n < N; ++n) {
-      const T* ln = buf.logits + n * buf.out_ld;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t n = row0 + r;
+      const T* ln = buf.logits + r * buf.out_ld;
       if (io.logits_out != nullptr && member == 0)
         for (int64_t o = 0; o < out; ++o) io.logits_out[(n * out + o) * steps + s] = ln[o];
       if (io.samples_out != nullptr) {
-        const int64_t k = pick_class(ln, out, io.greedy, io.temperature, io.uniforms[s * N + n],
-                                     scratch.class_weights.data());
+        const double u = io.greedy ? 0.0 : io.uniforms[s * N + n];  // none are drawn when greedy
+        const int64_t k = pick_class(ln, out, io.greedy, io.temperature, u, scratch.class_weights.data());
         if (member == 0) io.samples_out[n * steps + s] = k;
-        inputs_now[n] = io.feedback + k * in;
+        inputs_now[r] = io.feedback + k * in;
       }
     }
   }
@@ -1003,17 +1006,35 @@ int step_team_size(const Plan& plan) {
   return static_cast<int>(std::clamp<int64_t>(std::min<int64_t>(at::get_num_threads(), panels), 1, kMaxTeam));
 }
 
-// Runs `steps` steps from time t for the whole batch on a team of threads.
+// Batches of at least kRowSplitBatch sequences split their rows over the
+// threads instead (each thread runs every product for its rows, with no
+// barrier): there every weight panel feeds several rows, the products are
+// no longer bound by reading the weights, and the team's 43 barriers a step
+// cost more than streaming all the weights per thread saves.
+constexpr int64_t kRowSplitBatch = 4;
+
+// Runs `steps` steps from time t for the whole batch: on one thread, on a
+// team that shares the columns (few sequences), or on threads that share the
+// rows (kRowSplitBatch and more).
 template <typename T>
 void run_steps(const Plan& plan, const T* packed, T* state, const StepIo<T>& io, int64_t t0, int64_t steps) {
-  StepBuffers<T> buf(plan, io.batch);
   const StepGemm<T> gemm;
   const GateRow gate_row;
   const int wanted = step_team_size(plan);
+  if (wanted > 1 && io.batch >= kRowSplitBatch) {
+    at::parallel_for(0, io.batch, 1, [&](int64_t begin, int64_t end) {
+      StepBuffers<T> buf(plan, end - begin);
+      MemberScratch<T> scratch(plan, end - begin);
+      SpinBarrier alone(1);
+      run_member(plan, packed, state, io, t0, steps, buf, alone, gemm, gate_row, scratch, 0, 1, begin, end - begin);
+    });
+    return;
+  }
+  StepBuffers<T> buf(plan, io.batch);
   std::vector<MemberScratch<T>> scratch(wanted, MemberScratch<T>(plan, io.batch));
   if (wanted == 1) {
     SpinBarrier barrier(1);
-    run_member(plan, packed, state, io, t0, steps, buf, barrier, gemm, gate_row, scratch[0], 0, 1);
+    run_member(plan, packed, state, io, t0, steps, buf, barrier, gemm, gate_row, scratch[0], 0, 1, 0, io.batch);
     return;
   }
   // The team's size is what OpenMP gives (at most `wanted`), known only inside the region.
@@ -1025,7 +1046,7 @@ void run_steps(const Plan& plan, const T* packed, T* state, const StepIo<T>& io,
     const int team = omp_get_num_threads(), member = omp_get_thread_num();
     if (member == 0) team_size.store(team, std::memory_order_relaxed);
     run_member(plan, packed, state, io, t0, steps, buf, *barriers[team - 1], gemm, gate_row, scratch[member],
-               member, team);
+               member, team, 0, io.batch);
   }
   if (barriers[team_size.load() - 1]->sleeps() > kSleepsPerStepUnderContention * steps + kSleepsAtStart)
     g_solo_calls.store(kSoloCallsAfterContention, std::memory_order_relaxed);
