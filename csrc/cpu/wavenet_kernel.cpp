@@ -265,13 +265,13 @@ enum LayerField : int64_t {
   kDilation,
   kSlotOffset,
   kHistory,
-  kConvW,     // [tap][panels of G (filter), then of G (gate)][R][width]
-  kConvB,     // the filter half padded to whole panels, then the gate half
+  kConvW,     // [tap][panel pairs: filter panel p, gate panel p][R][width]
+  kConvB,     // the same pairs: 16 filter biases, 16 gate biases, ...
   kResSkipW,  // [panels of R (residual), then of S (skip)][G][width]
   kResSkipB,
   kLayerFields
 };
-constexpr int64_t kPlanFormat = 3;
+constexpr int64_t kPlanFormat = 4;
 
 template <typename T>
 constexpr int64_t kWidth = cpu::panel_width<T>();
@@ -432,15 +432,21 @@ std::tuple<Tensor, Tensor> wavenet_pack_cpu(const Tensor& input_w, const Tensor&
       lp[kHistory] = (taps - 1) * dilations[l];
       slots += lp[kHistory];
       const Tensor cw = weights(conv_w[l], "conv_weight", G2, R, taps);
-      // Tap m: B_m[k][col] = w[col][k][m], the filter half's panels, then the
-      // gate half's (which starts on a panel of its own).
+      // Tap m: B_m[k][col] = w[col][k][m] in pairs of panels, filter channels
+      // [16p, 16p + 16) then the gate channels of the same numbers, so that the
+      // panels a thread owns (its channels' filters and gates) are adjacent.
+      const int64_t channel_panels = cpu::panels_for<T>(G), W = kWidth<T>;
       lp[kConvW] = static_cast<int64_t>(buf.size());
       for (int64_t m = 0; m < taps; ++m)
-        for (int64_t half = 0; half < 2; ++half)
-          panels(cw.data_ptr<T>() + half * G * R * taps + m, R * taps, taps, R, G);
+        for (int64_t p = 0; p < channel_panels; ++p)
+          for (int64_t half = 0; half < 2; ++half)
+            panels(cw.data_ptr<T>() + (half * G + p * W) * R * taps + m, R * taps, taps, R,
+                   std::min(W, G - p * W));
       const Tensor cb = conv_bias(conv_b[l], "conv_bias", G2, dtype);
-      lp[kConvB] = append_row(buf, cb.data_ptr<T>(), G);
-      append_row(buf, cb.data_ptr<T>() + G, G);
+      lp[kConvB] = static_cast<int64_t>(buf.size());
+      for (int64_t p = 0; p < channel_panels; ++p)
+        for (int64_t half = 0; half < 2; ++half)
+          append_row(buf, cb.data_ptr<T>() + half * G + p * W, std::min(W, G - p * W));
       // The residual panels, then the skip panels.
       lp[kResSkipW] = pointwise(weights(residual_w[l], "residual_weight", R, G, 1));
       pointwise(weights(skip_w[l], "skip_weight", S, G, 1));
@@ -605,7 +611,7 @@ inline void step_tile(const StepGemmArgs<T>& g, int64_t row0, int64_t panel) {
 template <int VB, int ROWS>
 constexpr int step_panels() {
   constexpr int nv = static_cast<int>(cpu::kPanelBytes) / VB, regs = VB == 64 ? 32 : 16;
-  for (int np = 4; np > 1; --np)
+  for (int np = 8; np > 1; --np)
     if ((ROWS + 1) * np * nv <= regs - 2) return np;
   return 1;
 }
@@ -837,7 +843,6 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
   const Share input_share = share_of(r_panels, member, team), gate_share = share_of(g_panels, member, team);
   const Share rs_share = share_of(r_panels + s_panels, member, team);
   const Share hidden_share = share_of(s_panels, member, team), out_share = share_of(o_panels, member, team);
-  const int64_t gate_c0 = gate_share.begin * W, gate_c1 = std::min(G, gate_share.end * W);
   std::vector<T>& x = scratch.x;
   std::vector<T>& act = scratch.act;
   std::vector<const T*>& a = scratch.a;
@@ -895,10 +900,10 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
     for (int64_t l = 0; l < layers; ++l) {
       const int64_t d = plan.layer(l, kDilation), history = plan.layer(l, kHistory);
       T* ring = state + plan.layer(l, kSlotOffset) * N * R;
-      // The dilated conv into this member's filter and gate columns.
-      const Share gate_panels{g_panels + gate_share.begin, g_panels + gate_share.end};
-      set_bias(buf.pre, buf.pre_ld, plan.layer(l, kConvB), gate_share);
-      set_bias(buf.pre, buf.pre_ld, plan.layer(l, kConvB), gate_panels);
+      // The dilated conv into this member's filter and gate columns: the panel
+      // pairs of its channel panels.
+      const Share pairs{2 * gate_share.begin, 2 * gate_share.end};
+      set_bias(buf.pre, buf.pre_ld, plan.layer(l, kConvB), pairs);
       for (int64_t m = 0; m < taps; ++m) {
         const int64_t src_t = t - (taps - 1 - m) * d;
         if (src_t < 0) continue;  // the forward's causal padding: no term
@@ -909,25 +914,27 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
           rows_of(slot, R);
         }
         const int64_t b = plan.layer(l, kConvW) + m * tap_size;
-        product(a.data(), buf.pre, buf.pre_ld, R, b, gate_share);
-        product(a.data(), buf.pre, buf.pre_ld, R, b, gate_panels);
+        product(a.data(), buf.pre, buf.pre_ld, R, b, pairs);
       }
       // Conditioning, then the gate, on this member's channels.
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t n = row0 + r;
-        T* f = buf.pre + r * buf.pre_ld;
-        T* g = f + g_panels * W;
-        for (int64_t ch = gate_c0; ch < gate_c1; ++ch) {
-          if (io.local.data != nullptr) {
-            f[ch] = f[ch] + io.local.at(n, l * 2 * G + ch, s);
-            g[ch] = g[ch] + io.local.at(n, l * 2 * G + G + ch, s);
+        for (int64_t p = gate_share.begin; p < gate_share.end; ++p) {
+          T* f = buf.pre + r * buf.pre_ld + 2 * p * W;  // channels p*W + j: filter f[j], gate f[W + j]
+          T* g = f + W;
+          const int64_t c0 = p * W, count = std::min(W, G - c0);
+          for (int64_t j = 0; j < count; ++j) {
+            if (io.local.data != nullptr) {
+              f[j] = f[j] + io.local.at(n, l * 2 * G + c0 + j, s);
+              g[j] = g[j] + io.local.at(n, l * 2 * G + G + c0 + j, s);
+            }
+            if (io.global.data != nullptr) {
+              f[j] = f[j] + io.global.at(n, l * 2 * G + c0 + j, 0);
+              g[j] = g[j] + io.global.at(n, l * 2 * G + G + c0 + j, 0);
+            }
           }
-          if (io.global.data != nullptr) {
-            f[ch] = f[ch] + io.global.at(n, l * 2 * G + ch, 0);
-            g[ch] = g[ch] + io.global.at(n, l * 2 * G + G + ch, 0);
-          }
+          gate_row(f, g, buf.z + r * buf.z_ld + c0, count);
         }
-        if (gate_c1 > gate_c0) gate_row(f + gate_c0, g + gate_c0, buf.z + r * buf.z_ld + gate_c0, gate_c1 - gate_c0);
       }
       barrier.wait(member);  // z complete; every read of h and of the ring done
 
