@@ -1101,6 +1101,25 @@ def test_raw_wavenet_step_checks_the_state_and_inputs():
         wavenet_step(state, packed, plan, x, None, torch.zeros(2, 95, dtype=torch.float64), 0)
     with pytest.raises(RuntimeError, match="wavenet: expected packed to be the tensor returned by wavenet_pack"):
         wavenet_step(state, packed.unsqueeze(0), plan, x, None, None, 0)
+    # The kernels trust the plan's offsets: a packed tensor of another size, or a plan whose
+    # offsets run past packed, is refused before anything is read.
+    pair = r"wavenet: expected packed \(\d+ elements of Double\) and plan to be the pair returned by one wavenet_pack"
+    with pytest.raises(RuntimeError, match=pair):
+        wavenet_step(state, packed[:-1].contiguous(), plan, x, None, None, 0)
+    with pytest.raises(RuntimeError, match=pair):
+        wavenet_step(state, torch.cat([packed, packed]), plan, x, None, None, 0)
+    for field in range(plan.numel()):
+        if field == 0:
+            continue  # the format number: "of this build", tested below
+        broken = plan.clone()
+        broken[field] += 100000
+        with pytest.raises(RuntimeError, match=r"wavenet: expected (packed|plan|a contiguous state)"):
+            wavenet_step(state, packed, broken, x, None, None, 0)
+    with pytest.raises(RuntimeError, match=r"wavenet: expected plan to be the int64 plan returned by wavenet_pack "
+                                           r"\(of this build\)"):
+        broken = plan.clone()
+        broken[0] += 1
+        wavenet_step(state, packed, broken, x, None, None, 0)
 
 
 def test_raw_wavenet_generate_checks_steps_and_temperature():

@@ -253,6 +253,7 @@ enum PlanField : int64_t {
   kLayers,
   kSlots,        // ring-buffer slots of all layers
   kWeightsBf16,  // 1: the weight panels are bfloat16 (two to a float of `packed`), biases float
+  kPackedSize,   // elements of `packed`
   kInputW,
   kInputB,
   kHiddenW,
@@ -271,7 +272,7 @@ enum LayerField : int64_t {
   kResSkipB,
   kLayerFields
 };
-constexpr int64_t kPlanFormat = 4;
+constexpr int64_t kPlanFormat = 5;
 
 template <typename T>
 constexpr int64_t kWidth = cpu::panel_width<T>();
@@ -458,6 +459,7 @@ std::tuple<Tensor, Tensor> wavenet_pack_cpu(const Tensor& input_w, const Tensor&
     plan[kHiddenB] = bias(hidden_b, "hidden_bias", S);
     plan[kOutputW] = pointwise(weights(output_w, "output_weight", out, S, 1));
     plan[kOutputB] = bias(output_b, "output_bias", out);
+    plan[kPackedSize] = static_cast<int64_t>(buf.size());
     packed = at::empty({static_cast<int64_t>(buf.size())}, input_w.options().dtype(dtype));
     std::copy(buf.begin(), buf.end(), packed.data_ptr<T>());
   });
@@ -1069,10 +1071,50 @@ void check_state(const Tensor& state, const Plan& plan, at::ScalarType dtype) {
               "), got ", state.sizes(), state.is_contiguous() ? "" : " (not contiguous)");
 }
 
-void check_packed(const Tensor& packed) {
+// packed and plan as wavenet_pack returned them: the kernels trust every
+// offset of the plan, so a plan from elsewhere, or a packed tensor of another
+// model, must fail here and not read past `packed`.
+void check_packed(const Tensor& packed, const Plan& plan) {
   TORCH_CHECK(packed.device().is_cpu() && packed.dim() == 1 && packed.is_contiguous() &&
                   (packed.scalar_type() == at::kFloat || packed.scalar_type() == at::kDouble),
               "wavenet: expected packed to be the tensor returned by wavenet_pack");
+  // Bounds far beyond any model, under which no size below can overflow.
+  constexpr int64_t kMostChannels = int64_t(1) << 16, kMostTaps = 1024, kMostLayers = int64_t(1) << 16;
+  const int64_t dims[] = {plan[kInChannels], plan[kResidual], plan[kGates], plan[kSkip], plan[kOutChannels]};
+  bool ok = plan[kPackedSize] == packed.numel() && plan[kLayers] >= 1 && plan[kLayers] <= kMostLayers &&
+            plan[kSlots] >= 0 && plan[kTaps] >= 1 &&
+            plan[kTaps] <= kMostTaps &&
+            (plan[kWeightsBf16] == 0 || (plan[kWeightsBf16] == 1 && packed.scalar_type() == at::kFloat));
+  for (int64_t d : dims) ok = ok && d >= 1 && d <= kMostChannels;
+  const bool doubles = packed.scalar_type() == at::kDouble;
+  const int64_t W = doubles ? kWidth<double> : kWidth<float>, bf16_divisor = plan[kWeightsBf16] ? 2 : 1;
+  auto panels = [&](int64_t cols) { return (cols + W - 1) / W; };
+  const int64_t R = plan[kResidual], G = plan[kGates], S = plan[kSkip];
+  // Each region: its offset, and its size in elements of `packed`.
+  std::vector<std::pair<int64_t, int64_t>> regions;
+  if (ok) {
+    regions = {{plan[kInputW], panels(R) * plan[kInChannels] * W / bf16_divisor},
+               {plan[kInputB], panels(R) * W},
+               {plan[kHiddenW], panels(S) * S * W / bf16_divisor},
+               {plan[kHiddenB], panels(S) * W},
+               {plan[kOutputW], panels(plan[kOutChannels]) * S * W / bf16_divisor},
+               {plan[kOutputB], panels(plan[kOutChannels]) * W}};
+    int64_t slots = 0;
+    for (int64_t l = 0; l < plan[kLayers] && ok; ++l) {
+      const int64_t d = plan.layer(l, kDilation);
+      ok = d >= 1 && d <= (int64_t(1) << 30) && plan.layer(l, kHistory) == (plan[kTaps] - 1) * d &&
+           plan.layer(l, kSlotOffset) == slots;
+      slots += plan.layer(l, kHistory);
+      regions.push_back({plan.layer(l, kConvW), plan[kTaps] * 2 * panels(G) * R * W / bf16_divisor});
+      regions.push_back({plan.layer(l, kConvB), 2 * panels(G) * W});
+      regions.push_back({plan.layer(l, kResSkipW), (panels(R) + panels(S)) * G * W / bf16_divisor});
+      regions.push_back({plan.layer(l, kResSkipB), (panels(R) + panels(S)) * W});
+    }
+    ok = ok && slots == plan[kSlots];
+  }
+  for (const auto& [offset, size] : regions) ok = ok && offset >= 0 && size <= packed.numel() - offset;
+  TORCH_CHECK(ok, "wavenet: expected packed (", packed.numel(), " elements of ", packed.scalar_type(),
+              ") and plan to be the pair returned by one wavenet_pack call");
 }
 
 void check_conditioning(const c10::optional<Tensor>& c, const char* name, const Plan& plan, int64_t batch,
@@ -1095,7 +1137,7 @@ void check_conditioning(const c10::optional<Tensor>& c, const char* name, const 
 Tensor wavenet_step_cpu(Tensor& state, const Tensor& packed, const Tensor& plan_tensor, const Tensor& inputs,
                         const c10::optional<Tensor>& local, const c10::optional<Tensor>& global, int64_t t) {
   const Plan plan = read_plan(plan_tensor);
-  check_packed(packed);
+  check_packed(packed, plan);
   check_state(state, plan, packed.scalar_type());
   const int64_t N = state.size(1);
   TORCH_CHECK(inputs.dim() == 3 && inputs.size(0) == N && inputs.size(1) == plan[kInChannels],
@@ -1133,7 +1175,7 @@ Tensor wavenet_generate_cpu(Tensor& state, const Tensor& packed, const Tensor& p
                             int64_t steps, double temperature, bool greedy,
                             c10::optional<at::Generator> generator) {
   const Plan plan = read_plan(plan_tensor);
-  check_packed(packed);
+  check_packed(packed, plan);
   check_state(state, plan, packed.scalar_type());
   const int64_t N = state.size(1), in = plan[kInChannels], classes = plan[kOutChannels];
   const at::ScalarType dtype = packed.scalar_type();
