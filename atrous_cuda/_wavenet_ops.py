@@ -74,7 +74,8 @@ def gated_activation(pre):
 
 @torch.library.register_fake("atrous::wavenet_pack")
 def _wavenet_pack_fake(input_weight, input_bias, conv_weight, conv_bias, residual_weight, residual_bias,
-                       skip_weight, skip_bias, hidden_weight, hidden_bias, output_weight, output_bias, dilations):
+                       skip_weight, skip_bias, hidden_weight, hidden_bias, output_weight, output_bias, dilations,
+                       weights_dtype=None):
     # The packed layout (panels, padding) is the kernel's business: sizes are data-dependent here.
     ctx = torch.library.get_ctx()
     packed = input_weight.new_empty((ctx.new_dynamic_size(),))
@@ -83,15 +84,15 @@ def _wavenet_pack_fake(input_weight, input_bias, conv_weight, conv_bias, residua
 
 
 @torch.library.register_fake("atrous::wavenet_step")
-def _wavenet_step_fake(state, packed, plan, inputs, local_conditioning, global_conditioning, t):
+def _wavenet_step_fake(state, packed, plan, inputs, local_conditioning, global_conditioning, position):
     ctx = torch.library.get_ctx()
     return inputs.new_empty((inputs.shape[0], ctx.new_dynamic_size(), inputs.shape[2]))
 
 
 @torch.library.register_fake("atrous::wavenet_generate")
-def _wavenet_generate_fake(state, packed, plan, first_input, feedback, local_conditioning, global_conditioning,
-                           t, steps, temperature, greedy, generator):
-    return first_input.new_empty((first_input.shape[0], steps), dtype=torch.int64)
+def _wavenet_generate_fake(state, packed, plan, input, feedback, local_conditioning, global_conditioning,
+                           position, steps, temperature, greedy, generator):
+    return input.new_empty((input.shape[0], steps), dtype=torch.int64)
 
 
 wavenet_pack = torch.ops.atrous.wavenet_pack.default

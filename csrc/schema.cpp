@@ -53,7 +53,9 @@ TORCH_LIBRARY(atrous, m) {
   // (N, out, S); wavenet_generate runs `steps` autoregressive steps, each
   // sampled class picking the row of `feedback` (classes, in) that is the next
   // input, and returns the classes (N, steps). state (slots, N, residual)
-  // holds every layer's ring of past inputs. weights_dtype=bfloat16 packs
+  // holds every layer's ring of past inputs and `position` (int64, (1,)) the
+  // steps taken, which both ops advance; wavenet_generate's `input` is the
+  // first step's input and ends as the input of the step after the last. weights_dtype=bfloat16 packs
   // float32 weights as bfloat16 (activations and sums stay float32). Conditioning comes projected to
   // every layer's gate pre-activations: local (N, layers * 2G, S), global
   // (N, layers * 2G).
@@ -64,9 +66,9 @@ TORCH_LIBRARY(atrous, m) {
       "int[] dilations, ScalarType? weights_dtype=None) -> (Tensor packed, Tensor plan)");
   m.def(
       "wavenet_step(Tensor(a!) state, Tensor packed, Tensor plan, Tensor inputs, "
-      "Tensor? local_conditioning, Tensor? global_conditioning, int t) -> Tensor");
+      "Tensor? local_conditioning, Tensor? global_conditioning, Tensor(b!) position) -> Tensor");
   m.def(
-      "wavenet_generate(Tensor(a!) state, Tensor packed, Tensor plan, Tensor first_input, "
-      "Tensor feedback, Tensor? local_conditioning, Tensor? global_conditioning, int t, int steps, "
-      "float temperature, bool greedy, Generator? generator) -> Tensor");
+      "wavenet_generate(Tensor(a!) state, Tensor packed, Tensor plan, Tensor(b!) input, "
+      "Tensor feedback, Tensor? local_conditioning, Tensor? global_conditioning, Tensor(c!) position, "
+      "int steps, float temperature, bool greedy, Generator? generator) -> Tensor");
 }

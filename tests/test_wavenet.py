@@ -1076,50 +1076,59 @@ def _raw_op_arguments(dtype=torch.float64):
     return model, packed, plan
 
 
+def _position(t=0):
+    return torch.tensor([t], dtype=torch.int64)
+
+
 def test_raw_wavenet_step_checks_the_state_and_inputs():
     model, packed, plan = _raw_op_arguments()
     x = torch.zeros(2, 2, 3, dtype=torch.float64)
     state = torch.zeros(30, 2, 5, dtype=torch.float64)
-    assert wavenet_step(state, packed, plan, x, None, None, 0).shape == (2, 3, 3)
+    position = _position()
+    assert wavenet_step(state, packed, plan, x, None, None, position).shape == (2, 3, 3)
+    assert position.tolist() == [3]  # advanced by the op
+    with pytest.raises(RuntimeError, match=r"wavenet_step: expected position to be an int64 CPU tensor of size "
+                                           r"\(1\), got Long \[2\]"):
+        wavenet_step(state, packed, plan, x, None, None, torch.zeros(2, dtype=torch.int64))
     with pytest.raises(RuntimeError, match=r"wavenet: expected a contiguous state of size \(30, N, 5\), got \[29, 2, 5\]"):
-        wavenet_step(torch.zeros(29, 2, 5, dtype=torch.float64), packed, plan, x, None, None, 0)
+        wavenet_step(torch.zeros(29, 2, 5, dtype=torch.float64), packed, plan, x, None, None, _position())
     with pytest.raises(RuntimeError, match=r"expected a contiguous state of size \(30, N, 5\), got \[30, 2, 5\] "
                                            r"\(not contiguous\)"):
-        wavenet_step(torch.zeros(30, 5, 2, dtype=torch.float64).transpose(1, 2), packed, plan, x, None, None, 0)
+        wavenet_step(torch.zeros(30, 5, 2, dtype=torch.float64).transpose(1, 2), packed, plan, x, None, None, _position())
     with pytest.raises(RuntimeError, match=r"wavenet: expected state to be a CPU tensor of dtype Double .*got Float"):
-        wavenet_step(torch.zeros(30, 2, 5), packed, plan, x, None, None, 0)
+        wavenet_step(torch.zeros(30, 2, 5), packed, plan, x, None, None, _position())
     with pytest.raises(RuntimeError, match=r"wavenet_step: expected inputs of size \(2, 2, steps\), got \[2, 3, 3\]"):
-        wavenet_step(state, packed, plan, torch.zeros(2, 3, 3, dtype=torch.float64), None, None, 0)
+        wavenet_step(state, packed, plan, torch.zeros(2, 3, 3, dtype=torch.float64), None, None, _position())
     with pytest.raises(RuntimeError, match=r"wavenet_step: expected inputs to be a CPU tensor of dtype Double, "
                                            r"got Float"):
-        wavenet_step(state, packed, plan, torch.zeros(2, 2, 3), None, None, 0)
-    with pytest.raises(RuntimeError, match="wavenet_step: expected t >= 0, got -1"):
-        wavenet_step(state, packed, plan, x, None, None, -1)
+        wavenet_step(state, packed, plan, torch.zeros(2, 2, 3), None, None, _position())
+    with pytest.raises(RuntimeError, match="wavenet_step: expected position >= 0, got -1"):
+        wavenet_step(state, packed, plan, x, None, None, _position(-1))
     with pytest.raises(RuntimeError, match=r"wavenet: expected local_conditioning of size \(2, 96, 3\), got \[2, 96, 2\]"):
-        wavenet_step(state, packed, plan, x, torch.zeros(2, 96, 2, dtype=torch.float64), None, 0)
+        wavenet_step(state, packed, plan, x, torch.zeros(2, 96, 2, dtype=torch.float64), None, _position())
     with pytest.raises(RuntimeError, match=r"wavenet: expected global_conditioning of size \(2, 96\), got \[2, 95\]"):
-        wavenet_step(state, packed, plan, x, None, torch.zeros(2, 95, dtype=torch.float64), 0)
+        wavenet_step(state, packed, plan, x, None, torch.zeros(2, 95, dtype=torch.float64), _position())
     with pytest.raises(RuntimeError, match="wavenet: expected packed to be the tensor returned by wavenet_pack"):
-        wavenet_step(state, packed.unsqueeze(0), plan, x, None, None, 0)
+        wavenet_step(state, packed.unsqueeze(0), plan, x, None, None, _position())
     # The kernels trust the plan's offsets: a packed tensor of another size, or a plan whose
     # offsets run past packed, is refused before anything is read.
     pair = r"wavenet: expected packed \(\d+ elements of Double\) and plan to be the pair returned by one wavenet_pack"
     with pytest.raises(RuntimeError, match=pair):
-        wavenet_step(state, packed[:-1].contiguous(), plan, x, None, None, 0)
+        wavenet_step(state, packed[:-1].contiguous(), plan, x, None, None, _position())
     with pytest.raises(RuntimeError, match=pair):
-        wavenet_step(state, torch.cat([packed, packed]), plan, x, None, None, 0)
+        wavenet_step(state, torch.cat([packed, packed]), plan, x, None, None, _position())
     for field in range(plan.numel()):
         if field == 0:
             continue  # the format number: "of this build", tested below
         broken = plan.clone()
         broken[field] += 100000
         with pytest.raises(RuntimeError, match=r"wavenet: expected (packed|plan|a contiguous state)"):
-            wavenet_step(state, packed, broken, x, None, None, 0)
+            wavenet_step(state, packed, broken, x, None, None, _position())
     with pytest.raises(RuntimeError, match=r"wavenet: expected plan to be the int64 plan returned by wavenet_pack "
                                            r"\(of this build\)"):
         broken = plan.clone()
         broken[0] += 1
-        wavenet_step(state, packed, broken, x, None, None, 0)
+        wavenet_step(state, packed, broken, x, None, None, _position())
 
 
 def test_raw_wavenet_generate_checks_steps_and_temperature():
@@ -1127,30 +1136,40 @@ def test_raw_wavenet_generate_checks_steps_and_temperature():
     state = torch.zeros(30, 2, 5, dtype=torch.float64)
     first = torch.zeros(2, 2, dtype=torch.float64)
     table = torch.zeros(3, 2, dtype=torch.float64)
-    samples = wavenet_generate(state, packed, plan, first, table, None, None, 0, 4, 1.0, True, None)
+    position = _position()
+    samples = wavenet_generate(state, packed, plan, first, table, None, None, position, 4, 1.0, True, None)
     assert samples.shape == (2, 4) and samples.dtype == torch.int64
+    # The op advances the position and leaves in `first` the input of the next step.
+    assert position.tolist() == [4] and torch.equal(first, table[samples[:, -1]])
+    with pytest.raises(RuntimeError, match=r"wavenet_generate: expected position to be an int64 CPU tensor of "
+                                           r"size \(1\), got Int"):
+        wavenet_generate(state, packed, plan, first, table, None, None, torch.zeros(1, dtype=torch.int32), 4, 1.0,
+                         True, None)
+    with pytest.raises(RuntimeError, match=r"expected input to be a contiguous CPU tensor .*\(not contiguous\)"):
+        wavenet_generate(state, packed, plan, torch.zeros(2, 2, dtype=torch.float64).t(), table, None, None,
+                         _position(), 4, 1.0, True, None)
     with pytest.raises(RuntimeError, match="wavenet_generate: expected steps >= 1, got 0"):
-        wavenet_generate(state, packed, plan, first, table, None, None, 0, 0, 1.0, True, None)
+        wavenet_generate(state, packed, plan, first, table, None, None, _position(), 0, 1.0, True, None)
     with pytest.raises(RuntimeError, match="wavenet_generate: expected steps >= 1, got -3"):
-        wavenet_generate(state, packed, plan, first, table, None, None, 0, -3, 1.0, True, None)
+        wavenet_generate(state, packed, plan, first, table, None, None, _position(), -3, 1.0, True, None)
     for bad in (0.0, -1.0, math.nan, math.inf):
         with pytest.raises(RuntimeError, match="wavenet_generate: expected temperature > 0, got"):
-            wavenet_generate(state, packed, plan, first, table, None, None, 0, 4, bad, False, None)
-    with pytest.raises(RuntimeError, match="wavenet_generate: expected t >= 0, got -1"):
-        wavenet_generate(state, packed, plan, first, table, None, None, -1, 4, 1.0, True, None)
-    with pytest.raises(RuntimeError, match=r"wavenet_generate: expected first_input to be a CPU tensor of size "
+            wavenet_generate(state, packed, plan, first, table, None, None, _position(), 4, bad, False, None)
+    with pytest.raises(RuntimeError, match="wavenet_generate: expected position >= 0, got -1"):
+        wavenet_generate(state, packed, plan, first, table, None, None, _position(-1), 4, 1.0, True, None)
+    with pytest.raises(RuntimeError, match=r"wavenet_generate: expected input to be a contiguous CPU tensor of size "
                                            r"\(2, 2\) and dtype Double, got \[2, 3\]"):
-        wavenet_generate(state, packed, plan, torch.zeros(2, 3, dtype=torch.float64), table, None, None, 0, 4, 1.0,
+        wavenet_generate(state, packed, plan, torch.zeros(2, 3, dtype=torch.float64), table, None, None, _position(), 4, 1.0,
                          True, None)
     with pytest.raises(RuntimeError, match=r"wavenet_generate: expected feedback to be a CPU tensor of size \(3, 2\) "
                                            r"\(a model input per output class\) and dtype Double, got \[2, 2\]"):
-        wavenet_generate(state, packed, plan, first, torch.zeros(2, 2, dtype=torch.float64), None, None, 0, 4, 1.0,
+        wavenet_generate(state, packed, plan, first, torch.zeros(2, 2, dtype=torch.float64), None, None, _position(), 4, 1.0,
                          True, None)
     with pytest.raises(RuntimeError, match=r"wavenet: expected a contiguous state of size \(30, N, 5\), got \[30, 2\]"):
-        wavenet_generate(torch.zeros(30, 2, dtype=torch.float64), packed, plan, first, table, None, None, 0, 4, 1.0,
+        wavenet_generate(torch.zeros(30, 2, dtype=torch.float64), packed, plan, first, table, None, None, _position(), 4, 1.0,
                          True, None)
     with pytest.raises(RuntimeError, match=r"wavenet: expected state to be a CPU tensor of dtype Double"):
-        wavenet_generate(state.float(), packed, plan, first, table, None, None, 0, 4, 1.0, True, None)
+        wavenet_generate(state.float(), packed, plan, first, table, None, None, _position(), 4, 1.0, True, None)
 
 
 # ---------------------------------------------------- torch fallback path --
@@ -1289,3 +1308,87 @@ def test_wavenet_cuda_state_follows_the_model_to_the_gpu(cuda):
     assert model.state.buffers.device.type == "cuda"
     _assert_bitwise(first, full[:, :, :20], "CPU steps")
     torch.testing.assert_close(rest.cpu(), full[:, :, 20:], rtol=1e-10, atol=1e-10 * full.abs().max().item())
+
+
+# ------------------------------------------- interrupts and weight changes --
+
+
+def test_wavenet_ctrl_c_inside_the_op_leaves_a_state_that_continues_exactly():
+    """SIGINT lands while the C++ op runs (where nearly all the time goes) and is raised as
+    it returns: the op has already advanced the rings, the position and the next input
+    together, so greedy generation continues as if uninterrupted."""
+    import os
+    import signal
+    import threading
+
+    model = _classes_wavenet(seed=3)
+    model.reset_state(2)
+    head = model.generate(4, greedy=True)
+    timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        model.generate(2_000_000, greedy=True)  # seconds of work: the signal lands inside
+        pytest.fail("the interrupt did not arrive")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        timer.cancel()
+    t = model.state.t
+    assert t > 4 and (t - 4) % wavenet_module._GENERATE_CHUNK == 0, t  # whole chunks only
+    rest = model.generate(30, greedy=True)
+    model.reset_state(2)
+    reference = model.generate(t + 30, greedy=True)
+    assert torch.equal(head, reference[:, :4]) and torch.equal(rest, reference[:, t:])
+
+
+def test_wavenet_packed_weights_follow_a_weight_norm_original():
+    model = _small_wavenet(2, (1, 2, 4))
+    conv = model.blocks[1].conv
+    torch.nn.utils.parametrizations.weight_norm(conv)
+    x = seeded_randn((2, 2, 12))
+    model.reset_state(2)
+    model.step(x[:, :, 0])  # packs the weights
+    with torch.no_grad():
+        conv.parametrizations.weight.original1.mul_(1.5)  # the direction, a leaf parameter
+    # Back to t = 0 without reset_state (which would drop the packed weights anyway).
+    model.state.buffers.zero_()
+    model.state.t = 0
+    steps = model.step(x)
+    with torch.no_grad():
+        expected = model(x)
+    _assert_bitwise(steps, expected, "after the weight_norm update")
+
+
+def test_wavenet_model_to_with_swapped_parameters_after_steps():
+    model = _small_wavenet(2, (1, 2)).float()
+    model.reset_state(1)
+    model.step(torch.zeros(1, 2))
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model.double()  # the packed weights no longer hold the parameters (no "use_count" error)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+    assert model.step(torch.zeros(1, 2, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_wavenet_bf16_weights_state_follows_a_cast_to_float64():
+    model = _small_wavenet(2, (1, 2)).float()
+    model.reset_state(1, weights_dtype=torch.bfloat16)
+    model.step(torch.zeros(1, 2))
+    model.double()
+    out = model.step(torch.zeros(1, 2, dtype=torch.float64))  # bfloat16 weights serve float32 only
+    assert out.dtype == torch.float64 and model.state.weights_dtype is None
+
+
+def test_wavenet_pack_fake_kernel_takes_weights_dtype():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    model = _small_wavenet(2, (1, 2)).float()
+    args = [a.detach() if isinstance(a, torch.Tensor) else [t.detach() for t in a] for a in model._pack_arguments()[:-1]]
+    mode = FakeTensorMode(shape_env=ShapeEnv())  # the packed size is data-dependent
+    fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else [mode.from_tensor(t) for t in a] for a in args]
+    with mode:
+        packed, plan = torch.ops.atrous.wavenet_pack(*fake, [b.dilation for b in model.blocks], torch.bfloat16)
+    assert packed.dtype == torch.float32 and plan.dtype == torch.int64

@@ -28,6 +28,7 @@ per generation, and equal `forward` bitwise; elsewhere (CUDA, 16-bit models)
 they run the per-block torch ops below.
 """
 import math
+import warnings
 from typing import Callable, List, Optional, Sequence, Union
 
 import torch
@@ -40,6 +41,13 @@ from ..modules import AtrousConv1d, AtrousConvTranspose2d
 from ._validate import check_int, check_ints
 
 __all__ = ["WaveNet", "WaveNetBlock", "WaveNetState"]
+
+class _AlwaysChanged:
+    """The watch of parameters without version counters: always reports a change."""
+
+    def changed(self) -> bool:
+        return True
+
 
 # Parameter dtypes of the C++ generation ops (others run the per-block torch ops).
 _NATIVE_DTYPES = (torch.float32, torch.float64)
@@ -118,9 +126,19 @@ class WaveNetState:
     def __init__(self, buffers: Tensor, t: int = 0, next_input: Optional[Tensor] = None,
                  weights_dtype: Optional[torch.dtype] = None):
         self.buffers = buffers
-        self.t = t
+        # t lives in a tensor that the C++ ops advance together with the rings (and generate's
+        # next input), so an interrupt between two Python statements cannot split them.
+        self.position = torch.tensor([t], dtype=torch.int64)
         self.next_input = next_input
         self.weights_dtype = weights_dtype
+
+    @property
+    def t(self) -> int:
+        return int(self.position[0])
+
+    @t.setter
+    def t(self, value: int):
+        self.position[0] = value
 
     @property
     def batch_size(self) -> int:
@@ -322,6 +340,8 @@ class WaveNet(nn.Module):
             # The model was moved (model.to(...)) since reset_state: the state follows it,
             # keeping the past inputs it holds (converted like the parameters were).
             state = self._state = state.to(device=p.device, dtype=p.dtype)
+            if state.weights_dtype is not None and not (p.dtype == torch.float32 and p.device.type == "cpu"):
+                state.weights_dtype = None  # bfloat16 weights serve float32 CPU models only
         return state
 
     def _native(self) -> bool:
@@ -347,8 +367,10 @@ class WaveNet(nn.Module):
         """(state, packed, plan) for the next steps: packed and plan are the C++ path's weights
         (None on the torch path: CUDA, 16-bit models), packed once and again whenever a parameter
         changes (an in-place update such as an optimizer step or load_state_dict, or new data from
-        .to(), which the state then follows). A parameter replaced by a new Parameter object is
-        seen at the next reset_state."""
+        .to(), which the state then follows). Watched: every parameter of the model (the originals
+        of a parametrization such as weight_norm included), by version counter and data pointer.
+        Not seen: changes through `.data` (no version counter moves; autograd misses them too) and
+        a Parameter replaced by a new object (load_state_dict(assign=True)) until reset_state."""
         state = self._state
         if state is None:
             raise RuntimeError(f"WaveNet.{caller}: call reset_state(batch_size) first")
@@ -356,14 +378,27 @@ class WaveNet(nn.Module):
         if cache is None or cache[0].changed():
             state = self._current_state(caller)
             args = self._pack_arguments()
-            params = [t for a in args[:-1] for t in (a if isinstance(a, list) else [a])]
+            params = list(self.parameters())
+            if any(p.is_inference() for p in params):
+                # No version counters: an in-place update (load_state_dict) would go unseen, so
+                # every call packs again (about a millisecond for the issue's model).
+                warnings.warn("WaveNet: parameters made under torch.inference_mode() have no version counter, "
+                              "so step() and generate() pack the weights again on every call; create the "
+                              "model outside inference_mode", stacklevel=3)
+                params = None
             packed = plan = None
             if self._native():
                 with torch.no_grad():
                     packed, plan = wavenet_pack(*(a.detach() if isinstance(a, Tensor) else [t.detach() for t in a]
                                                   for a in args[:-1]), args[-1], state.weights_dtype)
-            self._packed = cache = (TensorVersions(params), packed, plan)
+            self._packed = cache = (_AlwaysChanged() if params is None else TensorVersions(params), packed, plan)
         return state, cache[1], cache[2]
+
+    def _apply(self, fn, recurse=True):
+        # .to(), .double(), .cuda(), ...: let go of the packed weights (and the parameters they
+        # watch) before the parameters change, so a swap of parameter tensors finds no other owner.
+        self._packed = None
+        return super()._apply(fn, recurse)
 
     def _step_conditioning(self, n: int, steps: int, local: Optional[Tensor], glob: Optional[Tensor], caller: str):
         """Projected conditioning for `steps` steps: local (N, blocks*2G, steps) from upsampled
@@ -448,9 +483,8 @@ class WaveNet(nn.Module):
         if packed is not None and local_conditioning is None and global_conditioning is None and \
                 not (self.local_channels or self.global_channels or x.requires_grad):
             # The common case, kept lean (a step is tens of microseconds): the op records no graph.
-            out = wavenet_step(buffers, packed, plan, inputs, None, None, state.t)
-            state.t += inputs.shape[2]
             state.next_input = None
+            out = wavenet_step(buffers, packed, plan, inputs, None, None, state.position)
             return out.select(2, 0) if single else out
         local = glob = None
         with torch.no_grad():
@@ -466,8 +500,7 @@ class WaveNet(nn.Module):
                                                       "step")
             state.next_input = None
             if packed is not None:
-                out = wavenet_step(buffers, packed, plan, inputs, local, glob, state.t)
-                state.t += inputs.shape[2]
+                out = wavenet_step(buffers, packed, plan, inputs, local, glob, state.position)
             else:
                 out = self._steps_torch(state, inputs, local, glob)
         return out.select(2, 0) if single else out
@@ -561,7 +594,8 @@ class WaveNet(nn.Module):
         _, glob = self._step_conditioning(n, 1, None if features is None else features[:, :, :1],
                                           global_conditioning, "generate")
         chunks = []
-        x = first_input
+        # The input of the state's next step, which the op advances in place.
+        state.next_input = first_input.contiguous().clone()
         done = 0
         try:
             while done < num_samples:
@@ -571,24 +605,22 @@ class WaveNet(nn.Module):
                     local = self.local_conditioning(features[:, :, done:done + steps])
                 state, packed, plan = self._generation("generate")  # a callback may have changed weights
                 if packed is not None:
-                    samples = wavenet_generate(state.buffers, packed, plan, x.contiguous(), table, local, glob,
-                                               state.t, steps, float(temperature), bool(greedy), generator)
-                    state.t += steps
+                    samples = wavenet_generate(state.buffers, packed, plan, state.next_input, table, local, glob,
+                                               state.position, steps, float(temperature), bool(greedy), generator)
                 else:
-                    samples = self._generate_torch(state, x, table, local, glob, steps, temperature, greedy,
+                    samples = self._generate_torch(state, table, local, glob, steps, temperature, greedy,
                                                    generator)
                 chunks.append(samples)
-                x = table[samples[:, -1]]
-                state.next_input = x
                 done += steps
                 report(done)
         finally:
             report(None)
         return torch.cat(chunks, dim=1)
 
-    def _generate_torch(self, state, x, table, local, glob, steps, temperature, greedy, generator):
+    def _generate_torch(self, state, table, local, glob, steps, temperature, greedy, generator):
         samples = []
         for s in range(steps):
+            x = state.next_input
             logits = self._steps_torch(state, x.unsqueeze(2), None if local is None else local[:, :, s:s + 1],
                                        glob)[:, :, 0]
             if greedy:
@@ -597,7 +629,7 @@ class WaveNet(nn.Module):
                 probs = torch.softmax(logits.double() / temperature, dim=1)
                 k = torch.multinomial(probs, 1, generator=generator)[:, 0]
             samples.append(k)
-            x = table[k]
+            state.next_input = table[k]  # right after state.t moved: the two stay together
         return torch.stack(samples, dim=1)
 
 

@@ -294,7 +294,8 @@ Plan read_plan(const Tensor& plan) {
                   plan.device().is_cpu() && plan.numel() >= kHeaderFields,
               "wavenet: expected plan to be the int64 plan returned by wavenet_pack");
   Plan p{plan.data_ptr<int64_t>()};
-  TORCH_CHECK(p[kPlanVersion] == kPlanFormat && plan.numel() == kHeaderFields + p[kLayers] * kLayerFields,
+  TORCH_CHECK(p[kPlanVersion] == kPlanFormat && p[kLayers] >= 1 && p[kLayers] <= plan.numel() &&
+                  plan.numel() == kHeaderFields + p[kLayers] * kLayerFields,
               "wavenet: expected plan to be the int64 plan returned by wavenet_pack (of this build)");
   return p;
 }
@@ -710,8 +711,8 @@ class SpinBarrier {
   explicit SpinBarrier(int threads) : threads_(threads) {}
   void wait(int member) {
     if (threads_ == 1) return;
-    std::atomic<int32_t>& own = arrivals_[member].count;
-    const int32_t mine = own.load(std::memory_order_relaxed) + 1;
+    std::atomic<uint32_t>& own = arrivals_[member].count;
+    const uint32_t mine = own.load(std::memory_order_relaxed) + 1;  // wraps
     own.store(mine, std::memory_order_seq_cst);
     // A notify is a system call: only when someone sleeps on this counter
     // (a sleeper announces itself before it looks at the count a last time,
@@ -719,9 +720,9 @@ class SpinBarrier {
     if (arrivals_[member].sleepers.load(std::memory_order_seq_cst) > 0) own.notify_all();
     for (int other = 0; other < threads_; ++other) {
       if (other == member) continue;
-      std::atomic<int32_t>& theirs = arrivals_[other].count;
-      int32_t seen = theirs.load(std::memory_order_acquire);
-      for (int spins = 0; static_cast<int32_t>(seen - mine) < 0; ++spins) {
+      std::atomic<uint32_t>& theirs = arrivals_[other].count;
+      uint32_t seen = theirs.load(std::memory_order_acquire);
+      for (int spins = 0; static_cast<int32_t>(seen - mine) < 0; ++spins) {  // modular difference
         if (spins < kSpinsBeforeSleep) {
 #if defined(__x86_64__)
           _mm_pause();
@@ -750,7 +751,7 @@ class SpinBarrier {
 
  private:
   struct alignas(64) Arrivals {
-    std::atomic<int32_t> count{0};
+    std::atomic<uint32_t> count{0};
     std::atomic<int32_t> sleepers{0};  // members asleep on count
     int64_t sleeps = 0;                // written by its member only
   };
@@ -1133,9 +1134,24 @@ void check_conditioning(const c10::optional<Tensor>& c, const char* name, const 
   }
 }
 
-// Teacher-forced steps: inputs (N, in, S) -> logits (N, out, S), state advanced by S steps from t.
+// The state's position t (steps taken), an int64 (1,) CPU tensor that the
+// ops advance themselves: the rings, the position and the next input change
+// together in one call, so an interrupt between calls (Ctrl-C lands when the
+// op returns, before any Python after it) never leaves them disagreeing.
+int64_t read_position(const Tensor& position, const char* op) {
+  TORCH_CHECK(position.device().is_cpu() && position.scalar_type() == at::kLong && position.numel() == 1 &&
+                  position.dim() == 1,
+              op, ": expected position to be an int64 CPU tensor of size (1), got ", position.scalar_type(), " ",
+              position.sizes(), " on ", position.device());
+  const int64_t t = position.data_ptr<int64_t>()[0];
+  TORCH_CHECK(t >= 0, op, ": expected position >= 0, got ", t);
+  return t;
+}
+
+// Teacher-forced steps: inputs (N, in, S) -> logits (N, out, S), state and position advanced by S steps.
 Tensor wavenet_step_cpu(Tensor& state, const Tensor& packed, const Tensor& plan_tensor, const Tensor& inputs,
-                        const c10::optional<Tensor>& local, const c10::optional<Tensor>& global, int64_t t) {
+                        const c10::optional<Tensor>& local, const c10::optional<Tensor>& global,
+                        Tensor& position) {
   const Plan plan = read_plan(plan_tensor);
   check_packed(packed, plan);
   check_state(state, plan, packed.scalar_type());
@@ -1146,7 +1162,7 @@ Tensor wavenet_step_cpu(Tensor& state, const Tensor& packed, const Tensor& plan_
   TORCH_CHECK(inputs.device().is_cpu() && inputs.scalar_type() == packed.scalar_type(),
               "wavenet_step: expected inputs to be a CPU tensor of dtype ", packed.scalar_type(), ", got ",
               inputs.scalar_type(), " on ", inputs.device());
-  TORCH_CHECK(t >= 0, "wavenet_step: expected t >= 0, got ", t);
+  const int64_t t = read_position(position, "wavenet_step");
   const int64_t steps = inputs.size(2);
   check_conditioning(local, "local_conditioning", plan, N, steps, packed.scalar_type());
   check_conditioning(global, "global_conditioning", plan, N, -1, packed.scalar_type());
@@ -1163,30 +1179,34 @@ Tensor wavenet_step_cpu(Tensor& state, const Tensor& packed, const Tensor& plan_
     scalar_t* st = state.data_ptr<scalar_t>();
     run_steps(plan, p, st, io, t, steps);
   });
+  position.data_ptr<int64_t>()[0] = t + steps;
   return logits;
 }
 
-// Autoregressive generation of `steps` samples from t: first_input (N, in)
-// feeds step t; the class sampled at each step picks the row of feedback
-// (classes, in) that feeds the next. Returns the classes (N, steps).
-Tensor wavenet_generate_cpu(Tensor& state, const Tensor& packed, const Tensor& plan_tensor,
-                            const Tensor& first_input, const Tensor& feedback_in,
-                            const c10::optional<Tensor>& local, const c10::optional<Tensor>& global, int64_t t,
-                            int64_t steps, double temperature, bool greedy,
-                            c10::optional<at::Generator> generator) {
+// Autoregressive generation of `steps` samples from the state's position t:
+// `input` (N, in) feeds step t; the class sampled at each step picks the row
+// of feedback (classes, in) that feeds the next. Returns the classes (N,
+// steps); `input` ends as the input of the step after the last, and the
+// position as t + steps.
+Tensor wavenet_generate_cpu(Tensor& state, const Tensor& packed, const Tensor& plan_tensor, Tensor& first_input,
+                            const Tensor& feedback_in, const c10::optional<Tensor>& local,
+                            const c10::optional<Tensor>& global, Tensor& position, int64_t steps,
+                            double temperature, bool greedy, c10::optional<at::Generator> generator) {
   const Plan plan = read_plan(plan_tensor);
   check_packed(packed, plan);
   check_state(state, plan, packed.scalar_type());
   const int64_t N = state.size(1), in = plan[kInChannels], classes = plan[kOutChannels];
   const at::ScalarType dtype = packed.scalar_type();
   TORCH_CHECK(steps >= 1, "wavenet_generate: expected steps >= 1, got ", steps);
-  TORCH_CHECK(t >= 0, "wavenet_generate: expected t >= 0, got ", t);
+  const int64_t t = read_position(position, "wavenet_generate");
   TORCH_CHECK(greedy || (std::isfinite(temperature) && temperature > 0),
               "wavenet_generate: expected temperature > 0, got ", temperature);
   TORCH_CHECK(first_input.dim() == 2 && first_input.size(0) == N && first_input.size(1) == in &&
-                  first_input.device().is_cpu() && first_input.scalar_type() == dtype,
-              "wavenet_generate: expected first_input to be a CPU tensor of size (", N, ", ", in, ") and dtype ",
-              dtype, ", got ", first_input.sizes(), " ", first_input.scalar_type(), " on ", first_input.device());
+                  first_input.device().is_cpu() && first_input.scalar_type() == dtype &&
+                  first_input.is_contiguous(),
+              "wavenet_generate: expected input to be a contiguous CPU tensor of size (", N, ", ", in,
+              ") and dtype ", dtype, ", got ", first_input.sizes(), " ", first_input.scalar_type(), " on ",
+              first_input.device(), first_input.is_contiguous() ? "" : " (not contiguous)");
   TORCH_CHECK(feedback_in.dim() == 2 && feedback_in.size(0) == classes && feedback_in.size(1) == in &&
                   feedback_in.device().is_cpu() && feedback_in.scalar_type() == dtype,
               "wavenet_generate: expected feedback to be a CPU tensor of size (", classes, ", ", in,
@@ -1204,10 +1224,10 @@ Tensor wavenet_generate_cpu(Tensor& state, const Tensor& packed, const Tensor& p
     std::lock_guard<std::mutex> lock(gen->mutex_);
     for (double& u : uniforms) u = static_cast<double>(gen->random64() >> 11) * 0x1.0p-53;
   }
-  const Tensor x0 = first_input.contiguous(), feedback = feedback_in.contiguous();
+  const Tensor feedback = feedback_in.contiguous();
   AT_DISPATCH_FLOATING_TYPES(dtype, "wavenet_generate", [&] {
     StepIo<scalar_t> io;
-    io.first_input = x0.data_ptr<scalar_t>();
+    io.first_input = first_input.data_ptr<scalar_t>();
     io.feedback = feedback.data_ptr<scalar_t>();
     io.local = view3<scalar_t>(local);
     io.global = view3<scalar_t>(global);
@@ -1219,7 +1239,15 @@ Tensor wavenet_generate_cpu(Tensor& state, const Tensor& packed, const Tensor& p
     const scalar_t* p = packed.data_ptr<scalar_t>();
     scalar_t* st = state.data_ptr<scalar_t>();
     run_steps(plan, p, st, io, t, steps);
+    // The next input: the fed-back row of each sequence's last class (read by step 0 above only).
+    scalar_t* next = first_input.data_ptr<scalar_t>();
+    const scalar_t* rows = feedback.data_ptr<scalar_t>();
+    const int64_t* last = samples.data_ptr<int64_t>();
+    for (int64_t n = 0; n < N; ++n)
+      std::copy(rows + last[n * steps + steps - 1] * in, rows + (last[n * steps + steps - 1] + 1) * in,
+                next + n * in);
   });
+  position.data_ptr<int64_t>()[0] = t + steps;
   return samples;
 }
 
