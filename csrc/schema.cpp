@@ -46,19 +46,22 @@ TORCH_LIBRARY(atrous, m) {
   // z = tanh(pre[:, :G]) * sigmoid(pre[:, G:]). Its backward is composed of
   // torch ops (atrous_cuda/_wavenet_ops.py).
   m.def("gated_activation(Tensor pre) -> Tensor");
-  // WaveNet incremental generation. wavenet_pack packs a WaveNet's weights
-  // once (gather_gemm panels; `plan` says where each layer's are and how
-  // large the state is); wavenet_step advances every layer by the S steps of
-  // inputs (N, in, S) from time t, teacher-forced, returning the logits
-  // (N, out, S); wavenet_generate runs `steps` autoregressive steps, each
-  // sampled class picking the row of `feedback` (classes, in) that is the next
-  // input, and returns the classes (N, steps). state (slots, N, residual)
-  // holds every layer's ring of past inputs and `position` (int64, (1,)) the
-  // steps taken, which both ops advance; wavenet_generate's `input` is the
-  // first step's input and ends as the input of the step after the last. weights_dtype=bfloat16 packs
-  // float32 weights as bfloat16 (activations and sums stay float32). Conditioning comes projected to
-  // every layer's gate pre-activations: local (N, layers * 2G, S), global
-  // (N, layers * 2G).
+  // WaveNet incremental generation (csrc/cpu/wavenet_kernel.cpp):
+  //   wavenet_pack      packs a WaveNet's weights once: gather_gemm panels in
+  //                     `packed`, and a `plan` of where each layer's are and
+  //                     how large the state is; weights_dtype=bfloat16 packs
+  //                     float32 weights as bfloat16 (activations and sums
+  //                     stay float32).
+  //   wavenet_step      advances every layer by the S teacher-forced steps of
+  //                     inputs (N, in, S), returning the logits (N, out, S).
+  //   wavenet_generate  runs `steps` autoregressive steps, each sampled class
+  //                     picking the row of `feedback` (classes, in) that is
+  //                     the next input; returns the classes (N, steps).
+  // state (slots, N, residual) holds every layer's ring of past inputs and
+  // `position` (int64, (1,)) the steps taken; both ops advance them, and
+  // wavenet_generate's `input`, the first step's input, ends as the input of
+  // the step after the last. Conditioning comes projected to every layer's
+  // gate pre-activations: local (N, layers * 2G, S), global (N, layers * 2G).
   m.def(
       "wavenet_pack(Tensor input_weight, Tensor input_bias, Tensor[] conv_weight, Tensor[] conv_bias, "
       "Tensor[] residual_weight, Tensor[] residual_bias, Tensor[] skip_weight, Tensor[] skip_bias, "

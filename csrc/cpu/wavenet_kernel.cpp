@@ -10,22 +10,30 @@
 //   - every conv output c of a pixel is the chain
 //       init(bias[c]), then for each valid tap in order, for k in order: acc += a[k] * B[k][c]
 //     whatever the tiling (tiled_gather_gemm in atrous_conv_kernel.cpp). A
-//     step calls gather_gemm on the same packed panels with one C row per
-//     sequence, skips exactly the taps whose input lies before t = 0 (the
-//     forward's causal padding), and keeps the chain;
+//     step multiplies the same weights, packed in the same panel layout, one
+//     C row per sequence, with tiles of its own (step_tile) that compute
+//     that very chain per element, and skips exactly the taps whose input
+//     lies before t = 0 (the forward's causal padding);
 //   - the gate's value depends on its two inputs only, never on its position
 //     in a row (tails go through the same vector code, zero-padded);
 //   - the residual add, the running sum of skips, the conditioning adds and
 //     the ReLUs are single operations on the same operands, in the forward's
 //     order.
 // The residual and skip 1x1 convs of a layer read the same z and are one
-// GEMM here (their columns side by side): each column's chain is unchanged.
+// GEMM here (their columns side by side), and a dilated conv's filter and
+// gate panels come in pairs: each column's chain is unchanged.
 //
 // State. A layer with dilation d and k taps reads its inputs at
 // t, t - d, ..., t - (k-1) d, so it keeps the last history = (k-1) d inputs
 // in a ring: input t' lives in slot t' mod history. All rings are one tensor
 //   state[slot_offset(layer) + slot][n][c]     (slots, N, residual channels)
-// with a sequence's channels contiguous (the A row of the next GEMM).
+// with a sequence's channels contiguous (the A row of the next GEMM), and the
+// steps taken are an int64 `position` tensor that the ops advance with them.
+//
+// Threads. At a few sequences the weights (2.5 MB in float32 for the
+// nv-wavenet-sized model) are what a step reads most, and they do not fit one
+// core's L2: a team of threads shares the columns of every product (see "the
+// step team" below). From kRowSplitBatch sequences the threads share the rows.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
