@@ -1,8 +1,10 @@
 # Every target sets itself up: a fresh machine needs only python3 and make.
 #   make test    build in place and run the test suite
 #   make bench   build in place and run the benchmark with its correctness check
+#                (the layer suite, then on the CPU the WaveNet generation section)
 #   make build-cpu   fast CPU-only rebuild for the edit-test loop
-#   make gpu-check   on a machine with an NVIDIA GPU (no downloads; see bench/gpu_check.sh)
+#   make gpu-check   on a machine with an NVIDIA GPU (no downloads; see bench/gpu_check.sh):
+#                    GPU_CHECK_ARGS="--part 1", then "--part 2", on a borrowed machine
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
