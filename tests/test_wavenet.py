@@ -62,6 +62,17 @@ def _assert_every_conv_is_atrous(model):
     assert not plain, f"convs not on the atrous kernels: {plain}"
 
 
+def _conditioned_case(model, n, length, frames, seeds):
+    """Seeded inputs (n, in, length), local frames (n, local, frames) and a global vector for a
+    conditioned model, the upsampled features, and forward's output on them."""
+    dtype = model.input_conv.weight.dtype
+    x = seeded_randn((n, model.in_channels, length), dtype=dtype, seed=seeds[0])
+    local = seeded_randn((n, model.local_channels, frames), dtype=dtype, seed=seeds[1])
+    glob = seeded_randn((n, model.global_channels), dtype=dtype, seed=seeds[2])
+    with torch.no_grad():
+        return x, local, glob, model.upsample_conditioning(local), model(x, local, glob)
+
+
 def _assert_bitwise(actual, expected, what=""):
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
     assert torch.equal(actual, expected), \
@@ -400,12 +411,7 @@ def test_wavenet_steps_equal_forward_bitwise_on_every_cpu_isa(isa, dtype, restor
     model = _lively(_small_wavenet(local_channels=4, upsample_factor=3, global_channels=2), seed=3,
                     gain=2.0).to(dtype)
     length, n = 37, 2
-    x = seeded_randn((n, 2, length), dtype=dtype)
-    frames = seeded_randn((n, 4, 13), dtype=dtype, seed=1)
-    g = seeded_randn((n, 2), dtype=dtype, seed=2)
-    with torch.no_grad():
-        full = model(x, frames, g)
-        features = model.upsample_conditioning(frames)
+    x, frames, g, features, full = _conditioned_case(model, n, length, frames=13, seeds=(0, 1, 2))
     model.reset_state(n)
     steps = torch.stack([model.step(x[:, :, t], features[:, :, t], g) for t in range(length)], dim=2)
     _assert_bitwise(steps, full, f"{isa}, one step per call")
@@ -450,12 +456,7 @@ def _wide_wavenet(dtype):
 def test_wavenet_steps_on_two_threads_equal_forward_bitwise(two_threads, dtype, batch):
     model = _wide_wavenet(dtype)
     length = 23
-    x = seeded_randn((batch, 4, length), dtype=dtype)
-    frames = seeded_randn((batch, 3, 12), dtype=dtype, seed=3)
-    glob = seeded_randn((batch, 2), dtype=dtype, seed=5)
-    with torch.no_grad():
-        full = model(x, frames, glob)
-    features = model.upsample_conditioning(frames)
+    x, frames, glob, features, full = _conditioned_case(model, batch, length, frames=12, seeds=(0, 3, 5))
     model.reset_state(batch)
     one_call = model.step(x, features[:, :, :length], glob)
     _assert_bitwise(one_call, full, f"one call, batch {batch}")

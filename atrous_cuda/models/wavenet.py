@@ -414,6 +414,11 @@ class WaveNet(nn.Module):
             local_proj = self.local_conditioning(local)
         elif local is not None:
             raise ValueError(f"WaveNet.{caller}: got local_conditioning, but the model has local_channels=0")
+        return local_proj, self._global_projection(n, glob, caller)
+
+    def _global_projection(self, n: int, glob: Optional[Tensor], caller: str) -> Optional[Tensor]:
+        """Every block's global conditioning (N, blocks*2G) from (N, global_channels), or None."""
+        glob_proj = None
         if self.global_conditioning is not None:
             if glob is None:
                 raise ValueError(f"WaveNet.{caller}: expected global_conditioning (the model has global_channels="
@@ -424,7 +429,7 @@ class WaveNet(nn.Module):
             glob_proj = self.global_conditioning(glob.unsqueeze(2))[:, :, 0]
         elif glob is not None:
             raise ValueError(f"WaveNet.{caller}: got global_conditioning, but the model has global_channels=0")
-        return local_proj, glob_proj
+        return glob_proj
 
     def _check_tensor(self, caller: str, name: str, value):
         """value is a tensor of the state's dtype and device (which follow the parameters')."""
@@ -591,8 +596,7 @@ class WaveNet(nn.Module):
             raise TypeError(f"WaveNet.generate: expected generator to be a torch.Generator, got "
                             f"{type(generator).__name__}")
         report = _progress(progress, num_samples)
-        _, glob = self._step_conditioning(n, 1, None if features is None else features[:, :, :1],
-                                          global_conditioning, "generate")
+        glob = self._global_projection(n, global_conditioning, "generate")
         chunks = []
         # The input of the state's next step, which the op advances in place.
         state.next_input = first_input.contiguous().clone()

@@ -166,16 +166,28 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), flatten)) void 
 }
 #endif
 
-// The instruction set of gather_gemm, which the gate follows so that a
-// forward and a step in one process agree (cpu::set_cpu_isa changes both).
+// The entry point for gather_gemm's active instruction set, which the gate
+// and the step GEMM follow so that a forward and a step in one process
+// compile their values alike (cpu::set_cpu_isa changes all of them).
+template <typename Fn>
+Fn for_active_isa(Fn baseline, Fn avx2, Fn avx512) {
+#if defined(__x86_64__)
+  const std::string isa = cpu::cpu_isa();
+  if (isa == "avx512" || isa == "avx512_bf16") return avx512;
+  if (isa == "avx2") return avx2;
+#endif
+  (void)avx2;
+  (void)avx512;
+  return baseline;
+}
+
 using GateRowFn = void (*)(const float*, const float*, float*, int64_t);
 GateRowFn active_gate_row() {
 #if defined(__x86_64__)
-  const std::string isa = cpu::cpu_isa();
-  if (isa == "avx512" || isa == "avx512_bf16") return gate_row_avx512;
-  if (isa == "avx2") return gate_row_avx2;
-#endif
+  return for_active_isa<GateRowFn>(gate_row_baseline, gate_row_avx2, gate_row_avx512);
+#else
   return gate_row_baseline;
+#endif
 }
 
 inline double gate_scalar(double f, double g) {
@@ -675,16 +687,12 @@ ATROUS_STEP_GEMM(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512
 // gather_gemm's instruction set, so that the chains are compiled alike.
 template <typename T>
 struct StepGemm {
-  void (*run)(const StepGemmArgs<T>&) = step_gemm_baseline;
-  StepGemm() {
+  using Fn = void (*)(const StepGemmArgs<T>&);
 #if defined(__x86_64__)
-    const std::string isa = cpu::cpu_isa();
-    if (isa == "avx512" || isa == "avx512_bf16")
-      run = step_gemm_avx512;
-    else if (isa == "avx2")
-      run = step_gemm_avx2;
+  Fn run = for_active_isa<Fn>(step_gemm_baseline, step_gemm_avx2, step_gemm_avx512);
+#else
+  Fn run = step_gemm_baseline;
 #endif
-  }
 };
 
 // ------------------------------------------------------- the step team --
