@@ -29,7 +29,14 @@ else:
     from . import _assemble_ops  # noqa: F401  (registers the assembling ops' fake kernels and autograd)
     from . import _wavenet_ops  # noqa: F401  (registers the WaveNet ops' fake kernels and autograd)
     from ._assemble_ops import fcis_assemble, instance_assemble
-    from ._C import build_info, empty_cpu_workspace_cache, set_cpu_workspace_cache_limit
+    from ._C import (
+        build_info,
+        clear_cpu_weight_cache,
+        cpu_weight_cache_info,
+        empty_cpu_workspace_cache,
+        set_cpu_weight_cache_limit,
+        set_cpu_workspace_cache_limit,
+    )
     from .convert import convert_model, revert_model
     from .functional import atrous_conv1d, atrous_conv2d, atrous_conv_transpose2d
     from .modules import AtrousConv1d, AtrousConv2d, AtrousConvTranspose2d
@@ -42,10 +49,13 @@ __all__ = [
     "atrous_conv2d",
     "atrous_conv_transpose2d",
     "build_info",
+    "clear_cpu_weight_cache",
     "convert_model",
+    "cpu_weight_cache_info",
     "empty_cpu_workspace_cache",
     "fcis_assemble",
     "instance_assemble",
     "revert_model",
+    "set_cpu_weight_cache_limit",
     "set_cpu_workspace_cache_limit",
 ]

@@ -16,6 +16,7 @@
 #include "assemble_index.h"
 #include "atrous_index.h"
 #include "cpu/gather_gemm.h"
+#include "cpu/weight_cache.h"
 #include "cpu/workspace.h"
 
 #ifndef ATROUS_CUDA_ARCHS
@@ -90,6 +91,7 @@ py::dict build_info() {
   info["cpu_threads"] = at::get_num_threads();
   info["cpu_parallel_backend"] = at::get_parallel_info();
   info["cpu_workspace_cache_limit"] = atrous::cpu::workspace_cache_limit();
+  info["cpu_weight_cache_limit"] = atrous::cpu::weight_cache_stats().limit;
   return info;
 }
 
@@ -115,6 +117,23 @@ PYBIND11_MODULE(_C, m) {
         "Sets the pool's limit (0 turns it off) and frees what it holds above it.");
   m.def("empty_cpu_workspace_cache", &atrous::cpu::empty_workspace_cache,
         "Frees every CPU workspace buffer the pool holds.");
+  m.def(
+      "cpu_weight_cache_info",
+      [] {
+        const auto s = atrous::cpu::weight_cache_stats();
+        py::dict d;
+        d["bytes"] = s.bytes;
+        d["entries"] = s.entries;
+        d["limit"] = s.limit;
+        d["hits"] = s.hits;
+        d["misses"] = s.misses;
+        return d;
+      },
+      "The packed-weight cache (cpu/weight_cache.h): bytes and packings held, limit, hits and misses.");
+  m.def("set_cpu_weight_cache_limit", &atrous::cpu::set_weight_cache_limit, py::arg("bytes"),
+        "Sets the packed-weight cache's limit (0 turns it off) and frees what it holds above it.");
+  m.def("clear_cpu_weight_cache", &atrous::cpu::clear_weight_cache,
+        "Frees every packed weight the cache holds (and the workspace pool's free buffers).");
   m.def("conv_out_size", &atrous::conv_out_size, py::arg("size"), py::arg("pad_before"),
         py::arg("pad_after"), py::arg("kernel"), py::arg("stride"), py::arg("dilation"));
   m.def(

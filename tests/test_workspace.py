@@ -33,9 +33,16 @@ KWARGS = dict(padding=4, dilation=4)
 
 @pytest.fixture
 def pool_limit():
+    """Restores the pool's limit after the test, and turns the packed-weight
+    cache (tests/test_weight_cache.py) off during it: a packing then returns to
+    the pool when its call ends, as one the cache does not keep does, and the
+    pool's bytes below count only workspaces."""
     limit = _C.cpu_workspace_cache_limit()
+    weight_cache_limit = atrous_cuda.cpu_weight_cache_info()["limit"]
+    atrous_cuda.set_cpu_weight_cache_limit(0)
     _C.empty_cpu_workspace_cache()
     yield
+    atrous_cuda.set_cpu_weight_cache_limit(weight_cache_limit)
     atrous_cuda.set_cpu_workspace_cache_limit(limit)
     _C.empty_cpu_workspace_cache()
 
@@ -126,7 +133,7 @@ def test_limit_from_the_environment(value, expected):
         "    print('error:', e); raise SystemExit(0)\n"
         "print(_C.cpu_workspace_cache_limit(), _C.cpu_workspace_cache_bytes())\n"
     )
-    env = dict(os.environ, ATROUS_CPU_WORKSPACE_CACHE_MB=value)
+    env = dict(os.environ, ATROUS_CPU_WORKSPACE_CACHE_MB=value, ATROUS_CPU_WEIGHT_CACHE_MB="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     if expected == "error":

@@ -30,6 +30,7 @@
 
 #include "../atrous_conv.h"
 #include "gather_gemm.h"
+#include "weight_cache.h"
 #include "workspace.h"
 
 namespace atrous {
@@ -189,7 +190,7 @@ PixelRows<T> pixel_rows(const Tensor& t, int64_t groups) {
 // columns: the taps of one w[.][.] are adjacent, so each weight line is read
 // once, and each tap's panel is written sequentially.
 template <typename T, int64_t kWidth, int64_t kPack>
-Tensor pack_weight_panels(const Tensor& weight, const ConvParams& p, bool transposed) {
+Tensor pack_weight_panels_now(const Tensor& weight, const ConvParams& p, bool transposed) {
   const auto dtype = c10::CppTypeToScalarType<T>::value;
   const Tensor w = weight.to(dtype).contiguous();  // [Cout][Cig][taps]
   const int64_t G = p.groups, cog = p.out_channels_per_group(), cig = p.in_channels_per_group();
@@ -231,6 +232,20 @@ Tensor pack_weight_panels(const Tensor& weight, const ConvParams& p, bool transp
   return packed;
 }
 
+// Packings are kept between calls while the weight does not change (see
+// cpu/weight_cache.h), so a model's every call after the first skips this.
+template <typename T, int64_t kWidth, int64_t kPack>
+Tensor pack_weight_panels(const Tensor& weight, const ConvParams& p, bool transposed) {
+  const auto dtype = c10::CppTypeToScalarType<T>::value;
+  const auto packing = kPack == 2 ? (transposed ? cpu::WeightPacking::kBf16PairsTransposed
+                                                : cpu::WeightPacking::kBf16Pairs)
+                                  : (transposed ? cpu::WeightPacking::kPanelsTransposed
+                                                : cpu::WeightPacking::kPanels);
+  return cpu::cached_weight_packing(weight, packing, p.groups, dtype, [&] {
+    return pack_weight_panels_now<T, kWidth, kPack>(weight, p, transposed);
+  });
+}
+
 // The packed B operand's element type: acc_t, or bfloat16 pairs for the
 // dot-product GEMM.
 template <typename acc_t, bool kPairs>
@@ -239,10 +254,10 @@ using PackedB = std::conditional_t<kPairs, BFloat16, acc_t>;
 // Depthwise-path weight as [tap][out_channel].
 template <typename acc_t>
 Tensor pack_weight_depthwise(const Tensor& weight, const ConvParams& p) {
-  return weight.to(c10::CppTypeToScalarType<acc_t>::value)
-      .reshape({p.out_channels, p.taps()})
-      .t()
-      .contiguous();
+  const auto dtype = c10::CppTypeToScalarType<acc_t>::value;
+  return cpu::cached_weight_packing(weight, cpu::WeightPacking::kDepthwise, p.groups, dtype, [&] {
+    return weight.to(dtype).reshape({p.out_channels, p.taps()}).t().contiguous();
+  });
 }
 
 // Pixels [pix_begin, pix_end) of a plane `width` wide in row-major order,

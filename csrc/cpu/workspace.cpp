@@ -20,14 +20,7 @@ namespace {
 
 int64_t initial_limit() {
   constexpr int64_t kDefaultMb = 256;
-  const char* env = std::getenv("ATROUS_CPU_WORKSPACE_CACHE_MB");
-  if (env == nullptr || env[0] == '\0') return kDefaultMb << 20;
-  char* end = nullptr;
-  const long long mb = std::strtoll(env, &end, 10);
-  TORCH_CHECK(end != env && *end == '\0' && mb >= 0,
-              "atrous: expected ATROUS_CPU_WORKSPACE_CACHE_MB to be a whole number of megabytes >= 0, got '",
-              env, "'");
-  return static_cast<int64_t>(mb) << 20;
+  return limit_from_environment("ATROUS_CPU_WORKSPACE_CACHE_MB", kDefaultMb);
 }
 
 // The free buffers, in the order they were handed back (oldest first). A
@@ -114,6 +107,16 @@ Pool& pool() {
 }
 
 }  // namespace
+
+int64_t limit_from_environment(const char* name, int64_t default_mb) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || env[0] == '\0') return default_mb << 20;
+  char* end = nullptr;
+  const long long mb = std::strtoll(env, &end, 10);
+  TORCH_CHECK(end != env && *end == '\0' && mb >= 0, "atrous: expected ", name,
+              " to be a whole number of megabytes >= 0, got '", env, "'");
+  return static_cast<int64_t>(mb) << 20;
+}
 
 at::Tensor workspace_empty(c10::IntArrayRef sizes, c10::ScalarType dtype, c10::MemoryFormat format) {
   const auto options = at::TensorOptions().dtype(dtype).device(at::kCPU);

@@ -33,6 +33,11 @@ constexpr int64_t kMinCachedWorkspaceBytes = int64_t(1) << 20;
 at::Tensor workspace_empty(c10::IntArrayRef sizes, c10::ScalarType dtype,
                            c10::MemoryFormat format = c10::MemoryFormat::Contiguous);
 
+// A cache limit in bytes from the environment variable `name` (whole
+// megabytes >= 0), or default_mb when it is unset or empty; a malformed value
+// is an error that names the variable.
+int64_t limit_from_environment(const char* name, int64_t default_mb);
+
 // Bytes the pool holds for reuse now, and its limit.
 int64_t workspace_cache_bytes();
 int64_t workspace_cache_limit();
