@@ -110,6 +110,30 @@ inline typename GateVec<VB>::vd exp_nonnegative(typename GateVec<VB>::vd y) {
   return p * (vd)two_k;
 }
 
+// 1 / d for d in [4, 1e66]. A division of 8 doubles occupies AVX-512's
+// divider for 16 cycles, more than the rest of a gate vector's arithmetic;
+// there, the 14-bit estimate (vrcp14pd) refined by two Newton steps
+// r' = r + r (1 - d r), each squaring the relative error (2^-14 -> 2^-28 ->
+// 2^-56, plus the steps' own rounding, a few 2^-53) costs 5 pipelined
+// operations instead. That error stays far below the 7e-15 of the
+// polynomial, so the float result is still the double value rounded once
+// (test_gated_activation_float32_is_correctly_rounded_to_an_ulp). Narrower
+// vectors have no estimate for doubles (the float one cannot hold 1e66): they
+// divide.
+template <int VB>
+inline typename GateVec<VB>::vd reciprocal(typename GateVec<VB>::vd d) {
+  using vd = typename GateVec<VB>::vd;
+#if defined(__x86_64__) && defined(__GNUC__)
+  if constexpr (VB == 64) {
+    vd r = (vd)__builtin_ia32_rcp14pd512_mask((__v8df)d, (__v8df)(vd{}), (__mmask8)0xFF);
+    r = r + r * (1.0 - d * r);
+    r = r + r * (1.0 - d * r);
+    return r;
+  }
+#endif
+  return 1.0 / d;
+}
+
 template <int VB>
 inline void gate_vector(const float* f_in, const float* g_in, float* z_out) {
   using V = GateVec<VB>;
@@ -131,7 +155,7 @@ inline void gate_vector(const float* f_in, const float* g_in, float* z_out) {
   ga = ga < 110.0 ? ga : 110.0;
   const vd big = exp_nonnegative<VB>(ga);
   const vd sigmoid_numerator = g < 0 ? vd{} + 1.0 : big;
-  const vd z_abs = tanh_numerator * sigmoid_numerator / ((e + 1.0) * (big + 1.0));
+  const vd z_abs = tanh_numerator * sigmoid_numerator * reciprocal<VB>((e + 1.0) * (big + 1.0));
   vd z = (vd)((vi)z_abs | ((vi)f & sign_bit));
   z = (f != f) | (g != g) ? f + g : z;
   const typename V::vf z32 = __builtin_convertvector(z, typename V::vf);
@@ -516,25 +540,69 @@ inline T relu(T x) {
   return x < T(0) ? T(0) : x;
 }
 
+// The unnormalized softmax weights of a row of logits, for sampling:
+// w[i] = exp((logits[i] - top) * scale), every argument <= 0. The same
+// range reduction and polynomial as the gate's (exp_nonnegative holds for
+// arguments down to -700, where 2^k is still a normal double); arguments
+// below -700 (a weight under 1e-304 beside the top class's 1, or a -inf
+// logit) give exactly 0. Vector code for every element, the tail zero-padded
+// (so a weight never depends on its position): 256 classes take about 0.3 us
+// instead of the 3-4 us of 256 calls to libm's exp, which at batch 8 was
+// every step's largest cost after the products.
+template <int VB, typename T>
+inline void softmax_weights_impl(const T* logits, int64_t n, double top, double scale, double* w) {
+  using vd = typename GateVec<VB>::vd;
+  constexpr int kLanes = GateVec<VB>::kLanes;
+  for (int64_t i = 0; i < n; i += kLanes) {
+    vd x;
+    for (int j = 0; j < kLanes; ++j) x[j] = i + j < n ? static_cast<double>(logits[i + j]) : top;
+    const vd y = (x - top) * scale;
+    const vd e = exp_nonnegative<VB>(y > -700.0 ? y : -700.0);
+    const vd weight = y < -700.0 ? vd{} : e;
+    for (int j = 0; j < kLanes && i + j < n; ++j) w[i + j] = weight[j];
+  }
+}
+
+#define ATROUS_SOFTMAX_WEIGHTS(isa, attributes, VB)                                                          \
+  attributes void softmax_weights_##isa(const float* l, int64_t n, double top, double scale, double* w) {   \
+    softmax_weights_impl<VB>(l, n, top, scale, w);                                                          \
+  }                                                                                                          \
+  attributes void softmax_weights_##isa(const double* l, int64_t n, double top, double scale, double* w) {  \
+    softmax_weights_impl<VB>(l, n, top, scale, w);                                                          \
+  }
+ATROUS_SOFTMAX_WEIGHTS(baseline, __attribute__((flatten)), 16)
+#if defined(__x86_64__)
+ATROUS_SOFTMAX_WEIGHTS(avx2, __attribute__((target("avx2,fma"), flatten)), 32)
+ATROUS_SOFTMAX_WEIGHTS(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), flatten)), 64)
+#endif
+#undef ATROUS_SOFTMAX_WEIGHTS
+
+template <typename T>
+struct SoftmaxWeights {
+  using Fn = void (*)(const T*, int64_t, double, double, double*);
+#if defined(__x86_64__)
+  Fn run = for_active_isa<Fn>(softmax_weights_baseline, softmax_weights_avx2, softmax_weights_avx512);
+#else
+  Fn run = softmax_weights_baseline;
+#endif
+};
+
 // The class a step emits from its logits: the first largest (NaN counts as
 // largest, as in torch.argmax) when greedy, else a draw from
 // softmax(logits / temperature) by inverse CDF with uniform u in [0, 1).
 // `weights` is scratch of `classes` doubles.
 template <typename T>
 int64_t pick_class(const T* logits, int64_t classes, bool greedy, double temperature, double u,
-                   double* weights) {
+                   double* weights, const SoftmaxWeights<T>& softmax_weights) {
   int64_t best = 0;
   for (int64_t i = 1; i < classes; ++i) {
     if (std::isnan(static_cast<double>(logits[best]))) break;
     if (std::isnan(static_cast<double>(logits[i])) || logits[i] > logits[best]) best = i;
   }
   if (greedy || !std::isfinite(static_cast<double>(logits[best]))) return best;
-  const double top = static_cast<double>(logits[best]), scale = 1.0 / temperature;
+  softmax_weights.run(logits, classes, static_cast<double>(logits[best]), 1.0 / temperature, weights);
   double total = 0;
-  for (int64_t i = 0; i < classes; ++i) {
-    weights[i] = std::exp((static_cast<double>(logits[i]) - top) * scale);
-    total += weights[i];
-  }
+  for (int64_t i = 0; i < classes; ++i) total += weights[i];
   const double target = u * total;
   double running = 0;
   for (int64_t i = 0; i < classes; ++i) {
@@ -707,6 +775,14 @@ struct StepGemm {
 #endif
 };
 
+// The step's kernels for the active instruction set, chosen once per call.
+template <typename T>
+struct StepKernels {
+  StepGemm<T> gemm;
+  GateRow gate_row;
+  SoftmaxWeights<T> softmax_weights;
+};
+
 // ------------------------------------------------------- the step team --
 //
 // At a batch of a few sequences a step is a chain of small matrix-vector
@@ -715,7 +791,8 @@ struct StepGemm {
 // the columns of every GEMM (its panels), keeps that share of the weights in
 // its own cache, and the team meets at a barrier wherever a product needs a
 // whole vector that several threads wrote: per layer, once the gate's z is
-// complete and once the block output h is. Every column's chain is the same
+// complete (the residual product, which every member computes whole, spares
+// a second one: see run_member). Every column's chain is the same
 // whatever the team size, so results do not depend on it; every thread
 // samples the class itself from the whole logits (the same draw), so the
 // next input needs no extra barrier.
@@ -812,45 +889,51 @@ struct StepIo {
   bool greedy = false;
 };
 
-// The activations every member reads, one padded row per sequence.
+// The activations members share, one padded row per sequence: the gate's
+// pre-activations and outputs (z twice, see run_member), the skip sums and
+// the head's hidden layer and logits. Every member writes its own columns.
 template <typename T>
 struct StepBuffers {
-  int64_t h_ld, pre_ld, z_ld, rs_ld, skip_ld, out_ld;
+  int64_t pre_ld, z_ld, skip_ld, out_ld;
   Tensor storage;
-  T *h, *pre, *z, *rs, *skips, *hidden, *logits;
+  T *pre, *z[2], *skips, *hidden, *logits;
   StepBuffers(const Plan& plan, int64_t rows) {
-    h_ld = padded<T>(plan[kResidual]);
     pre_ld = 2 * padded<T>(plan[kGates]);
     z_ld = padded<T>(plan[kGates]);
-    rs_ld = padded<T>(plan[kResidual]) + padded<T>(plan[kSkip]);
     skip_ld = padded<T>(plan[kSkip]);
     out_ld = padded<T>(plan[kOutChannels]);
-    const int64_t sizes[] = {h_ld, pre_ld, z_ld, rs_ld, skip_ld, skip_ld, out_ld};
+    const int64_t sizes[] = {pre_ld, z_ld, z_ld, skip_ld, skip_ld, out_ld};
     int64_t total = 0;
     for (int64_t s : sizes) total += s * rows;
     storage = at::zeros({total}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
     T* next = storage.data_ptr<T>();
-    T** parts[] = {&h, &pre, &z, &rs, &skips, &hidden, &logits};
-    for (int i = 0; i < 7; ++i) {
+    T** parts[] = {&pre, &z[0], &z[1], &skips, &hidden, &logits};
+    for (int i = 0; i < 6; ++i) {
       *parts[i] = next;
       next += sizes[i] * rows;
     }
   }
 };
 
-// One member's run of `steps` steps from t0 for the whole batch.
-// A member's own rows: the step's inputs and the ReLUs of the head (which
-// every member reads whole), allocated before the team starts, so that
+// What a member keeps to itself: the step's inputs, its own copy of the
+// residual stream h (every member computes all of it, see run_member), the
+// residual and skip products it computes, and the ReLUs of the head (which
+// every member reads whole). Allocated before the team starts, so that
 // nothing inside the team can throw (a member that left would leave the
 // others waiting at a barrier).
 template <typename T>
 struct MemberScratch {
-  std::vector<T> x, act;
+  int64_t h_ld, rs_ld;
+  std::vector<T> x, h, rs, act;
   std::vector<double> class_weights;
   std::vector<const T*> a, inputs_now;
   std::vector<T*> c;
   MemberScratch(const Plan& plan, int64_t rows)
-      : x(rows * plan[kInChannels]),
+      : h_ld(padded<T>(plan[kResidual])),
+        rs_ld(padded<T>(plan[kResidual]) + padded<T>(plan[kSkip])),
+        x(rows * plan[kInChannels]),
+        h(rows * h_ld, T(0)),
+        rs(rows * rs_ld, T(0)),
         act(rows * padded<T>(plan[kSkip]), T(0)),
         class_weights(plan[kOutChannels]),
         a(rows),
@@ -858,9 +941,25 @@ struct MemberScratch {
         c(rows) {}
 };
 
+// One member's run of `steps` steps from t0 for rows [row0, row0 + rows).
+//
+// The team meets once per layer. A member computes its share of the dilated
+// conv's columns (its gate channels' filter and gate panel pairs) and their
+// gate, so z is whole only once every member has written its channels: the
+// barrier. After it, every member computes the whole residual product itself
+// (64 x 64 multiply-adds a row, 14% more than its share of the layer) and its
+// share of the skip product, so each member holds the whole next residual
+// stream h in its own copy and goes on to the next layer without a second
+// barrier (which used to cost as much as the multiply-adds it spared). z is
+// double-buffered: a member can run one layer ahead of another (writing z of
+// layer l + 1 while the other still reads z of layer l), never two, since it
+// cannot pass layer l + 1's barrier before the other reaches it. A member
+// writes its channel share of h into the layer's ring, after the barrier,
+// which follows every member's reads of the slot. The head meets three more
+// times (skips, hidden, logits whole): 23 barriers a step for 20 layers.
 template <typename T>
 void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io, int64_t t0, int64_t steps,
-                StepBuffers<T>& buf, SpinBarrier& barrier, const StepGemm<T>& gemm, const GateRow& gate_row,
+                StepBuffers<T>& buf, SpinBarrier& barrier, const StepKernels<T>& kernels,
                 MemberScratch<T>& scratch, int member, int team, int64_t row0, int64_t rows) {
   const int64_t in = plan[kInChannels], R = plan[kResidual], G = plan[kGates], S = plan[kSkip];
   const int64_t out = plan[kOutChannels], taps = plan[kTaps], layers = plan[kLayers], N = io.batch;
@@ -870,15 +969,25 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
   // bfloat16 weight panels take half the floats of `packed` (offsets count floats).
   const bool bf16 = plan[kWeightsBf16] != 0;
   const int64_t tap_size = 2 * g_panels * R * W / (bf16 ? 2 : 1);
-  // This member's panels of each product.
-  const Share input_share = share_of(r_panels, member, team), gate_share = share_of(g_panels, member, team);
-  const Share rs_share = share_of(r_panels + s_panels, member, team);
+  // This member's panels of each product: all of the input conv's and the
+  // residual product's; a share of the others.
+  const Share all_residual{0, r_panels}, gate_share = share_of(g_panels, member, team);
+  const Share pairs{2 * gate_share.begin, 2 * gate_share.end};
+  const Share skip_share = share_of(s_panels, member, team);
+  const Share skip_columns{r_panels + skip_share.begin, r_panels + skip_share.end};  // of the res+skip product
   const Share hidden_share = share_of(s_panels, member, team), out_share = share_of(o_panels, member, team);
+  // The channels of h this member writes into the rings, and of the skips it sums.
+  const Share ring_share = share_of(r_panels, member, team);
+  const int64_t ring_c0 = std::min(R, ring_share.begin * W), ring_c1 = std::min(R, ring_share.end * W);
+  const int64_t skip_c0 = std::min(S, skip_share.begin * W), skip_c1 = std::min(S, skip_share.end * W);
   std::vector<T>& x = scratch.x;
   std::vector<T>& act = scratch.act;
   std::vector<const T*>& a = scratch.a;
   std::vector<const T*>& inputs_now = scratch.inputs_now;
   std::vector<T*>& c = scratch.c;
+  T* const h = scratch.h.data();
+  T* const rs = scratch.rs.data();
+  const int64_t h_ld = scratch.h_ld, rs_ld = scratch.rs_ld;
   for (int64_t r = 0; r < rows; ++r)
     inputs_now[r] = io.first_input != nullptr ? io.first_input + (row0 + r) * in : nullptr;
 
@@ -886,8 +995,8 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
   auto product = [&](const T* const* a_rows, T* base, int64_t ld, int64_t depth, int64_t b_offset, Share panels) {
     if (panels.begin >= panels.end) return;
     for (int64_t r = 0; r < rows; ++r) c[r] = base + r * ld;
-    gemm.run(StepGemmArgs<T>{rows, depth, a_rows, c.data(), packed + b_offset, panels.begin, panels.end,
-                             bf16 ? reinterpret_cast<const uint16_t*>(packed + b_offset) : nullptr});
+    kernels.gemm.run(StepGemmArgs<T>{rows, depth, a_rows, c.data(), packed + b_offset, panels.begin, panels.end,
+                                     bf16 ? reinterpret_cast<const uint16_t*>(packed + b_offset) : nullptr});
   };
   // Columns [panels) of C rows = the bias row at bias_offset.
   auto set_bias = [&](T* base, int64_t ld, int64_t bias_offset, Share panels) {
@@ -916,7 +1025,7 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
           __builtin_prefetch(slot + byte, 0, 2);
       }
     }
-    // Input 1x1 conv into this member's columns of h.
+    // Input 1x1 conv into all of this member's h.
     if (io.inputs.data != nullptr) {
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t ci = 0; ci < in; ++ci) x[r * in + ci] = io.inputs.at(row0 + r, ci, s);
@@ -924,22 +1033,20 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
     } else {
       for (int64_t r = 0; r < rows; ++r) a[r] = inputs_now[r];
     }
-    set_bias(buf.h, buf.h_ld, plan[kInputB], input_share);
-    product(a.data(), buf.h, buf.h_ld, in, plan[kInputW], input_share);
-    barrier.wait(member);  // h complete
+    set_bias(h, h_ld, plan[kInputB], all_residual);
+    product(a.data(), h, h_ld, in, plan[kInputW], all_residual);
 
     for (int64_t l = 0; l < layers; ++l) {
       const int64_t d = plan.layer(l, kDilation), history = plan.layer(l, kHistory);
       T* ring = state + plan.layer(l, kSlotOffset) * N * R;
-      // The dilated conv into this member's filter and gate columns: the panel
-      // pairs of its channel panels.
-      const Share pairs{2 * gate_share.begin, 2 * gate_share.end};
+      T* const z = buf.z[l & 1];
+      // The dilated conv into this member's filter and gate columns.
       set_bias(buf.pre, buf.pre_ld, plan.layer(l, kConvB), pairs);
       for (int64_t m = 0; m < taps; ++m) {
         const int64_t src_t = t - (taps - 1 - m) * d;
         if (src_t < 0) continue;  // the forward's causal padding: no term
         if (m == taps - 1) {
-          rows_of(buf.h, buf.h_ld);
+          rows_of(h, h_ld);
         } else {
           const T* slot = ring + ((src_t % history) * N + row0) * R;
           rows_of(slot, R);
@@ -964,25 +1071,25 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
               g[j] = g[j] + io.global.at(n, l * 2 * G + G + c0 + j, 0);
             }
           }
-          gate_row(f, g, buf.z + r * buf.z_ld + c0, count);
+          kernels.gate_row(f, g, z + r * buf.z_ld + c0, count);
         }
       }
-      barrier.wait(member);  // z complete; every read of h and of the ring done
+      barrier.wait(member);  // z complete; every member's reads of the ring slot done
 
-      // Residual and skip 1x1 convs into this member's columns.
-      set_bias(buf.rs, buf.rs_ld, plan.layer(l, kResSkipB), rs_share);
-      product(rows_of(buf.z, buf.z_ld), buf.rs, buf.rs_ld, G, plan.layer(l, kResSkipW), rs_share);
-      const int64_t res_c0 = std::min(R, rs_share.begin * W), res_c1 = std::min(R, rs_share.end * W);
-      const int64_t skip_c0 = std::clamp(rs_share.begin - r_panels, int64_t(0), s_panels) * W;
-      const int64_t skip_c1 = std::min(S, std::clamp(rs_share.end - r_panels, int64_t(0), s_panels) * W);
+      // The whole residual product and this member's skip columns.
+      rows_of(z, buf.z_ld);
+      set_bias(rs, rs_ld, plan.layer(l, kResSkipB), all_residual);
+      product(a.data(), rs, rs_ld, G, plan.layer(l, kResSkipW), all_residual);
+      set_bias(rs, rs_ld, plan.layer(l, kResSkipB), skip_columns);
+      product(a.data(), rs, rs_ld, G, plan.layer(l, kResSkipW), skip_columns);
       for (int64_t r = 0; r < rows; ++r) {
-        T* hn = buf.h + r * buf.h_ld;
-        const T* rn = buf.rs + r * buf.rs_ld;
+        T* hn = h + r * h_ld;
+        const T* rn = rs + r * rs_ld;
         if (history > 0) {  // input t goes to slot t mod history, after every read of the slot
           T* slot = ring + ((t % history) * N + row0 + r) * R;
-          std::copy(hn + res_c0, hn + res_c1, slot + res_c0);
+          std::copy(hn + ring_c0, hn + ring_c1, slot + ring_c0);
         }
-        for (int64_t ch = res_c0; ch < res_c1; ++ch) hn[ch] = hn[ch] + rn[ch];
+        for (int64_t ch = 0; ch < R; ++ch) hn[ch] = hn[ch] + rn[ch];
         T* sn = buf.skips + r * buf.skip_ld;
         const T* skip = rn + r_panels * W;
         if (l == 0)
@@ -990,8 +1097,8 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
         else
           for (int64_t ch = skip_c0; ch < skip_c1; ++ch) sn[ch] = sn[ch] + skip[ch];
       }
-      barrier.wait(member);  // h (and the skips) complete
     }
+    barrier.wait(member);  // the skips complete
 
     // Output head: ReLU, 1x1, ReLU, 1x1.
     for (int64_t r = 0; r < rows; ++r)
@@ -1012,7 +1119,8 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
         for (int64_t o = 0; o < out; ++o) io.logits_out[(n * out + o) * steps + s] = ln[o];
       if (io.samples_out != nullptr) {
         const double u = io.greedy ? 0.0 : io.uniforms[s * N + n];  // none are drawn when greedy
-        const int64_t k = pick_class(ln, out, io.greedy, io.temperature, u, scratch.class_weights.data());
+        const int64_t k = pick_class(ln, out, io.greedy, io.temperature, u, scratch.class_weights.data(),
+                                     kernels.softmax_weights);
         if (member == 0) io.samples_out[n * steps + s] = k;
         inputs_now[r] = io.feedback + k * in;
       }
@@ -1021,7 +1129,7 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
 }
 
 // A team that shares its cores with other work sleeps at nearly every
-// barrier, and 43 barriers a step then cost a scheduler wake-up each (0.5-0.6
+// barrier, and its barriers (43 a step then, 23 now) cost a scheduler wake-up each (0.5-0.6
 // ms a step measured beside one busy process, against 95 us on one thread).
 // Where a call slept at more than a tenth of its barriers (beyond the first
 // few, where a member may start late), the calls that follow run on one
@@ -1047,8 +1155,10 @@ int step_team_size(const Plan& plan) {
 // Batches of at least kRowSplitBatch sequences split their rows over the
 // threads instead (each thread runs every product for its rows, with no
 // barrier): there every weight panel feeds several rows, the products are
-// no longer bound by reading the weights, and the team's 43 barriers a step
-// cost more than streaming all the weights per thread saves.
+// no longer bound by reading the weights, and the team's 23 barriers a step
+// cost more than streaming all the weights per thread saves (batch 8
+// generate, 2 threads, medians of 7 interleaved: rows 114 us a step,
+// columns 140 us).
 constexpr int64_t kRowSplitBatch = 4;
 
 // Runs `steps` steps from time t for the whole batch: on one thread, on a
@@ -1056,15 +1166,14 @@ constexpr int64_t kRowSplitBatch = 4;
 // rows (kRowSplitBatch and more).
 template <typename T>
 void run_steps(const Plan& plan, const T* packed, T* state, const StepIo<T>& io, int64_t t0, int64_t steps) {
-  const StepGemm<T> gemm;
-  const GateRow gate_row;
+  const StepKernels<T> kernels;
   const int wanted = step_team_size(plan);
   if (wanted > 1 && io.batch >= kRowSplitBatch) {
     at::parallel_for(0, io.batch, 1, [&](int64_t begin, int64_t end) {
       StepBuffers<T> buf(plan, end - begin);
       MemberScratch<T> scratch(plan, end - begin);
       SpinBarrier alone(1);
-      run_member(plan, packed, state, io, t0, steps, buf, alone, gemm, gate_row, scratch, 0, 1, begin, end - begin);
+      run_member(plan, packed, state, io, t0, steps, buf, alone, kernels, scratch, 0, 1, begin, end - begin);
     });
     return;
   }
@@ -1072,7 +1181,7 @@ void run_steps(const Plan& plan, const T* packed, T* state, const StepIo<T>& io,
   std::vector<MemberScratch<T>> scratch(wanted, MemberScratch<T>(plan, io.batch));
   if (wanted == 1) {
     SpinBarrier barrier(1);
-    run_member(plan, packed, state, io, t0, steps, buf, barrier, gemm, gate_row, scratch[0], 0, 1, 0, io.batch);
+    run_member(plan, packed, state, io, t0, steps, buf, barrier, kernels, scratch[0], 0, 1, 0, io.batch);
     return;
   }
   // The team's size is what OpenMP gives (at most `wanted`), known only inside the region.
@@ -1083,7 +1192,7 @@ void run_steps(const Plan& plan, const T* packed, T* state, const StepIo<T>& io,
   {
     const int team = omp_get_num_threads(), member = omp_get_thread_num();
     if (member == 0) team_size.store(team, std::memory_order_relaxed);
-    run_member(plan, packed, state, io, t0, steps, buf, *barriers[team - 1], gemm, gate_row, scratch[member],
+    run_member(plan, packed, state, io, t0, steps, buf, *barriers[team - 1], kernels, scratch[member],
                member, team, 0, io.batch);
   }
   if (barriers[team_size.load() - 1]->sleeps() > kSleepsPerStepUnderContention * steps + kSleepsAtStart)
