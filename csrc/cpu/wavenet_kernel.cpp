@@ -157,7 +157,11 @@ inline void gate_vector(const float* f_in, const float* g_in, float* z_out) {
   const vd sigmoid_numerator = g < 0 ? vd{} + 1.0 : big;
   const vd z_abs = tanh_numerator * sigmoid_numerator * reciprocal<VB>((e + 1.0) * (big + 1.0));
   vd z = (vd)((vi)z_abs | ((vi)f & sign_bit));
-  z = (f != f) | (g != g) ? f + g : z;
+  // NaN in, NaN out: one select per input. GCC turned the single select on
+  // (f != f) | (g != g) into a scalar compare per lane (a third of the
+  // gate's instructions); a select on one comparison stays a vector blend.
+  z = f != f ? f : z;
+  z = g != g ? g : z;
   const typename V::vf z32 = __builtin_convertvector(z, typename V::vf);
   std::memcpy(z_out, &z32, sizeof(z32));
 }
@@ -891,13 +895,15 @@ struct StepIo {
 
 // The activations members share, one padded row per sequence: the gate's
 // pre-activations and outputs (z twice, see run_member), the skip sums and
-// the head's hidden layer and logits. Every member writes its own columns.
+// the head's hidden layer and logits. Every member writes its own columns
+// (of classes, its own rows).
 template <typename T>
 struct StepBuffers {
   int64_t pre_ld, z_ld, skip_ld, out_ld;
   Tensor storage;
   T *pre, *z[2], *skips, *hidden, *logits;
-  StepBuffers(const Plan& plan, int64_t rows) {
+  std::vector<int64_t> classes;  // the class drawn for each row, when the members share the drawing
+  StepBuffers(const Plan& plan, int64_t rows) : classes(rows) {
     pre_ld = 2 * padded<T>(plan[kGates]);
     z_ld = padded<T>(plan[kGates]);
     skip_ld = padded<T>(plan[kSkip]);
@@ -1112,17 +1118,31 @@ void run_member(const Plan& plan, const T* packed, T* state, const StepIo<T>& io
     product(rows_of(act.data(), buf.skip_ld), buf.logits, buf.out_ld, S, plan[kOutputW], out_share);
     barrier.wait(member);  // logits complete
 
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t n = row0 + r;
-      const T* ln = buf.logits + r * buf.out_ld;
-      if (io.logits_out != nullptr && member == 0)
-        for (int64_t o = 0; o < out; ++o) io.logits_out[(n * out + o) * steps + s] = ln[o];
-      if (io.samples_out != nullptr) {
+    if (io.logits_out != nullptr && member == 0)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t o = 0; o < out; ++o)
+          io.logits_out[((row0 + r) * out + o) * steps + s] = buf.logits[r * buf.out_ld + o];
+    if (io.samples_out != nullptr) {
+      // Each member draws the classes of its share of the rows (the same draw
+      // whoever makes it), then the team meets so that every member feeds every
+      // row's class to its input product. A single row is drawn by every member,
+      // which costs no more than one drawing it while the others wait.
+      const bool split = team > 1 && rows >= team;
+      const Share mine = split ? share_of(rows, member, team) : Share{0, rows};
+      for (int64_t r = mine.begin; r < mine.end; ++r) {
+        const int64_t n = row0 + r;
         const double u = io.greedy ? 0.0 : io.uniforms[s * N + n];  // none are drawn when greedy
-        const int64_t k = pick_class(ln, out, io.greedy, io.temperature, u, scratch.class_weights.data(),
-                                     kernels.softmax_weights);
-        if (member == 0) io.samples_out[n * steps + s] = k;
-        inputs_now[r] = io.feedback + k * in;
+        const int64_t k = pick_class(buf.logits + r * buf.out_ld, out, io.greedy, io.temperature, u,
+                                     scratch.class_weights.data(), kernels.softmax_weights);
+        if (split || member == 0) io.samples_out[n * steps + s] = k;
+        if (split)
+          buf.classes[r] = k;
+        else
+          inputs_now[r] = io.feedback + k * in;
+      }
+      if (split) {
+        barrier.wait(member);  // every row's class drawn
+        for (int64_t r = 0; r < rows; ++r) inputs_now[r] = io.feedback + buf.classes[r] * in;
       }
     }
   }
