@@ -1,7 +1,8 @@
 # Every target sets itself up: a fresh machine needs only python3 and make.
 #   make test    build in place and run the test suite
 #   make bench   build in place and run the benchmark with its correctness check
-#                (the layer suite, then on the CPU the WaveNet generation section)
+#                (the layer suite, then on the CPU the WaveNet generation section and the
+#                whole-model section: DeepLabV3-ResNet50 OS8, torchvision's against convert_model's)
 #   make build-cpu   fast CPU-only rebuild for the edit-test loop
 #   make gpu-check   on a machine with an NVIDIA GPU (no downloads; see bench/gpu_check.sh):
 #                    GPU_CHECK_ARGS="--part 1", then "--part 2", on a borrowed machine

@@ -11,6 +11,12 @@ CPU issue, in NCHW and channels_last. On the CPU (float32), a WaveNet
 generation section follows (issue 16; atrous_cuda/bench_generation.py):
 samples/s of the per-layer torch path, step() and generate(), against
 real time, after checking step() and greedy generate() against forward.
+Then the whole-model section (issue 14 §4; atrous_cuda/bench_models.py):
+torchvision's DeepLabV3-ResNet50 at output stride 8 against the same model
+through convert_model (and atrous_cuda.models.DeepLabV3), inference in fp32
+NCHW, fp32 channels_last and bf16 autocast, and a training step in both
+layouts, after checking the logits, loss and gradients against torch's
+model; 5-10 minutes on the 2-thread build machine (--no-models skips it).
 Results go to the terminal (with a progress bar), and to
 `bench/results/bench-<device>.{md,json,png}`: the markdown tables, the same
 rows as JSON, and a bar chart of the ratios.
@@ -29,7 +35,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from . import _C, _ops, bench_generation
+from . import _C, _ops, bench_generation, bench_models
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,11 @@ def generation_settings(quick):
     """The WaveNet generation section's model and step counts (issue 16's model; tests
     substitute a tiny one, as they do the layer suite)."""
     return bench_generation.default_settings(quick)
+
+
+def models_settings(quick):
+    """The whole-model section's sizes and repetitions (issue 14 §4; tests substitute tiny inputs)."""
+    return bench_models.default_settings(quick)
 
 
 def padding_for(layer, dilation):
@@ -393,9 +404,9 @@ def environment_lines(env):
 
 def plot_ratios(sections, path):
     """A bar chart of torch time / our time, one panel per layer table (the generation
-    section has no ratios to draw). Returns False when matplotlib is not installed
-    (the chart is optional) or there is nothing to draw."""
-    sections = [s for s in sections if s.get("kind") != "generation"]
+    and whole-model sections are not drawn). Returns False when matplotlib is not
+    installed (the chart is optional) or there is nothing to draw."""
+    sections = [s for s in sections if s.get("kind") not in ("generation", "models")]
     if not sections:
         return False
     try:
@@ -468,8 +479,11 @@ def main(argv=None):
     parser.add_argument("--memory-format", action="append", choices=["nchw", "channels_last"],
                         help="default: both on CPU, nchw on CUDA")
     parser.add_argument("--quick", action="store_true",
-                        help="the first dilation of each layer only, fewer reps (and fewer generation steps)")
+                        help="the first dilation of each layer only, fewer reps (and fewer generation steps; 3 "
+                             "whole-model repetitions without the own DeepLabV3)")
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--no-models", action="store_true",
+                        help="skip the whole-model section (DeepLabV3-ResNet50, 5-10 minutes on 2 threads)")
     parser.add_argument("--results-dir", default=os.path.join("bench", "results"),
                         help="where bench-<device>.{md,json,png} go (default: bench/results); '' for none")
     parser.add_argument("--report", help="also write all the tables as markdown to this file")
@@ -558,8 +572,19 @@ def main(argv=None):
                 print(f"  check: {c['name']}: {'ok' if c['ok'] else 'FAIL'} ({c['detail']})", file=sys.stderr)
             failures += generation["failures"]
             sections.append({k: v for k, v in generation.items() if k != "table"})
+        if not gpu and "float32" in dtypes and not args.no_models:
+            # Issue 14 §4: whole models (DeepLabV3-ResNet50 OS8), after the generation section.
+            settings = models_settings(args.quick)
+            print(f"Whole-model section ({settings.reps} repetitions)...", file=sys.stderr, flush=True)
+            models = bench_models.run_section(settings, title=f"{name}, whole models: DeepLabV3-ResNet50 OS8")
+            for r in models["rows"]:
+                print(f"  {r['config']:<40} torch {r['torch_ms']:9.1f} ms  converted {r['converted_ms']:9.1f} ms  "
+                      f"x{r['ratio']:.2f}  {bench_models.check_cell(r)}", file=sys.stderr)
+            failures += models["failures"]
+            sections.append({k: v for k, v in models.items() if k != "table"})
         tables = [format_half_table(s["title"], s["rows"], s["summary"]) if s.get("kind") == "vs_fp32"
                   else bench_generation.format_table(s) if s.get("kind") == "generation"
+                  else bench_models.format_table(s) if s.get("kind") == "models"
                   else format_table(s["title"], s["rows"], s["summary"], gpu=gpu) for s in sections]
         print("\n" + "\n\n".join(tables) + "\n", flush=True)
         report += [t + "\n" for t in tables]

@@ -1,5 +1,6 @@
 """The README's main command: `python -m atrous_cuda bench` checks every row
 against torch before timing it, and counts only useful multiply-adds."""
+import copy
 import inspect
 import itertools
 import json
@@ -7,7 +8,7 @@ import json
 import pytest
 import torch
 
-from atrous_cuda import bench, bench_generation
+from atrous_cuda import bench, bench_generation, bench_models
 
 # A tiny WaveNet and a few steps: the generation section's code path in well under a second.
 TINY_GENERATION = bench_generation.Settings(
@@ -21,16 +22,36 @@ GENERATION_COLUMNS = ["path", "batch", "time per step (us)", "samples/s", "real 
                       "target (samples/s)", "met", "logits error vs fp32", "greedy agreement vs fp32"]
 
 
-@pytest.fixture(autouse=True)
-def tiny_generation_section(monkeypatch):
-    """bench.main runs the generation section on the tiny model here (never issue 16's)."""
+# The whole-model section on 33x33 inputs (at 17x17 torch's CPU kernels take a slow path, ~1 s a
+# forward), one repetition. bench.main's tests run its first row only, without the own model.
+TINY_MODELS = bench_models.Settings(inference_size=33, train_size=33, reps=1, warmup=0)
+TINY_MAIN_MODELS = bench_models.Settings(inference_size=33, train_size=33, reps=1, warmup=0,
+                                         configs=bench_models.CONFIGS[:1], own_model=False)
+MODEL_COLUMNS = ["configuration", "batch, size", "torch ms", "converted ms", "torch/converted", "target", "met",
+                 "own DeepLabV3 ms", "torch/own", "convs converted", "check (worst error / bound)"]
+
+
+def _substitute_settings(monkeypatch, name, tiny):
+    """bench.<name>(quick) returns `tiny`; the list returned records each call's `quick`."""
     calls = []
 
     def settings(quick):
         calls.append(quick)
-        return TINY_GENERATION
-    monkeypatch.setattr(bench, "generation_settings", settings)
+        return tiny
+    monkeypatch.setattr(bench, name, settings)
     return calls
+
+
+@pytest.fixture(autouse=True)
+def tiny_generation_section(monkeypatch):
+    """bench.main runs the generation section on the tiny model here (never issue 16's)."""
+    return _substitute_settings(monkeypatch, "generation_settings", TINY_GENERATION)
+
+
+@pytest.fixture(autouse=True)
+def tiny_models_section(monkeypatch):
+    """bench.main runs the whole-model section on tiny inputs here (never issue 14's 520x520)."""
+    return _substitute_settings(monkeypatch, "models_settings", TINY_MAIN_MODELS)
 
 
 def _brute_force_useful_macs(layer, dilation):
@@ -98,7 +119,8 @@ def test_cpu_peak_probe_is_positive_and_bounded():
     assert 0 < peak < 2 * 16 * 2 * 6.0 * torch.get_num_threads()
 
 
-def test_bench_checks_every_row_and_writes_a_report(tmp_path, monkeypatch, tiny_generation_section):
+def test_bench_checks_every_row_and_writes_a_report(tmp_path, monkeypatch, tiny_generation_section,
+                                                    tiny_models_section):
     # A two-layer suite keeps this quick; the code path is the one `make bench` runs.
     monkeypatch.setattr(bench, "cpu_suite", lambda: [
         bench.Layer("aspp", 1, 8, 9, 9, 8, (3, 3), (3,)),
@@ -112,11 +134,12 @@ def test_bench_checks_every_row_and_writes_a_report(tmp_path, monkeypatch, tiny_
     # bfloat16 and float16 in channels_last against our float32 rows.
     assert len(rows) == 24 and all(line.rstrip().endswith("| ok |") for line in rows)
     data = json.loads((results / "bench-cpu.json").read_text())
-    # The layer sections, then the WaveNet generation section (issue 16) after them.
+    # The layer sections, then the WaveNet generation section (issue 16) and the whole-model section
+    # (issue 14 §4) after them.
     assert [(s["dtype"], s["memory_format"], s.get("kind")) for s in data["sections"]] == [
         ("float32", "nchw", None), ("float32", "channels_last", None), ("bfloat16", "channels_last", "vs_fp32"),
-        ("float16", "channels_last", "vs_fp32"), ("float32", None, "generation")]
-    layer_sections, generation = data["sections"][:4], data["sections"][4]
+        ("float16", "channels_last", "vs_fp32"), ("float32", None, "generation"), ("float32", None, "models")]
+    layer_sections, generation, models = data["sections"][:4], data["sections"][4], data["sections"][5]
     assert all(len(s["rows"]) == 6 and all(r["ok"] for r in s["rows"]) for s in layer_sections)
     fp32 = {(r["layer"], r["direction"]): r["ours_ms"] for r in data["sections"][1]["rows"]}
     for section in layer_sections[2:]:
@@ -136,6 +159,13 @@ def test_bench_checks_every_row_and_writes_a_report(tmp_path, monkeypatch, tiny_
         assert "WaveNet generation, float32" in text
         assert "| per-layer torch path (_steps_torch), step | 1 |" in text
         assert text.count("- check: ") == 2 and "FAIL" not in text
+    # The whole-model section: tiny settings, not --quick; its row in the json and its table in both files.
+    assert tiny_models_section == [False]
+    assert [r["config"] for r in models["rows"]] == ["inference, fp32, NCHW"]
+    assert models["failures"] == 0 and models["rows"][0]["ok"] and "table" not in models
+    for text in (report.read_text(), (results / "bench-cpu.md").read_text()):
+        assert "whole models: DeepLabV3-ResNet50 OS8" in text
+        assert "| inference, fp32, NCHW | 1, 33x33 |" in text
     # The chart is optional: written exactly when matplotlib is installed.
     try:
         import matplotlib  # noqa: F401
@@ -151,11 +181,12 @@ def test_bench_fails_when_a_row_does_not_match_torch(tmp_path, monkeypatch):
     assert bench.main(["--device", "cpu", "--reps", "1", "--results-dir", ""]) == 1
 
 
-def test_bench_quick_runs_a_quick_generation_section(tmp_path, monkeypatch, tiny_generation_section):
+def test_bench_quick_runs_a_quick_generation_section(tmp_path, monkeypatch, tiny_generation_section,
+                                                     tiny_models_section):
     monkeypatch.setattr(bench, "cpu_suite", lambda: [bench.Layer("aspp", 1, 8, 9, 9, 8, (3, 3), (3,))])
     report = tmp_path / "report.md"
     assert bench.main(["--device", "cpu", "--quick", "--results-dir", "", "--report", str(report)]) == 0
-    assert tiny_generation_section == [True]
+    assert tiny_generation_section == [True] and tiny_models_section == [True]
     assert "WaveNet generation, float32" in report.read_text()
     # --quick itself: fewer steps and repetitions than the full section.
     quick, full = bench_generation.default_settings(True), bench_generation.default_settings(False)
@@ -167,10 +198,19 @@ def test_bench_quick_runs_a_quick_generation_section(tmp_path, monkeypatch, tiny
                                                                2, 2)
 
 
-def test_bench_skips_the_generation_section_without_float32(tmp_path, monkeypatch, tiny_generation_section):
+def test_bench_skips_the_generation_section_without_float32(tmp_path, monkeypatch, tiny_generation_section,
+                                                            tiny_models_section):
     monkeypatch.setattr(bench, "cpu_suite", lambda: [bench.Layer("aspp", 1, 8, 9, 9, 8, (3, 3), (3,))])
     assert bench.main(["--device", "cpu", "--reps", "1", "--dtype", "float64", "--results-dir", ""]) == 0
-    assert tiny_generation_section == []
+    assert tiny_generation_section == [] and tiny_models_section == []
+
+
+def test_bench_no_models_skips_the_whole_model_section(tmp_path, monkeypatch, tiny_models_section):
+    monkeypatch.setattr(bench, "cpu_suite", lambda: [bench.Layer("aspp", 1, 8, 9, 9, 8, (3, 3), (3,))])
+    report = tmp_path / "report.md"
+    assert bench.main(["--device", "cpu", "--reps", "1", "--memory-format", "nchw", "--no-models",
+                       "--results-dir", "", "--report", str(report)]) == 0
+    assert tiny_models_section == [] and "whole models" not in report.read_text()
 
 
 def test_bench_fails_when_a_generation_check_fails(tmp_path, monkeypatch):
@@ -289,3 +329,92 @@ def test_generation_checks_catch_a_difference(monkeypatch):
             return samples
         model.generate = off_by_one
         assert bench_generation.check_greedy_generate(model, (1,), 6) == (False, "batch 1: 1 of 6 differ")
+
+
+# ------------------------------------------------------------- whole models --
+
+def test_models_section_has_every_row_and_column_and_its_checks_pass():
+    section = bench_models.run_section(TINY_MODELS, title="tiny")
+    assert section["failures"] == 0 and section["kind"] == "models"
+    rows = section["rows"]
+    assert [r["config"] for r in rows] == [c.name for c in bench_models.CONFIGS] == [
+        "inference, fp32, NCHW", "inference, fp32, channels_last", "inference, bf16 autocast, channels_last",
+        "training step, fp32, NCHW", "training step, fp32, channels_last"]
+    for r in rows:
+        assert r["ok"] and r["error"] is None and r["reps"] == 1
+        assert (r["converted_convs"], r["convs"]) == (11, 61)
+        assert r["ratio"] == pytest.approx(r["torch_ms"] / r["converted_ms"])
+        assert r["own_ratio"] == pytest.approx(r["torch_ms"] / r["own_ms"])
+        assert r["verdict"] == bench_models.evaluate_target(r["ratio"]) and r["target"] == 1.3
+        assert (r["batch"], r["size"]) == ((2, 33) if r["training"] else (1, 33))
+        quantities = {(c["model"], c["quantity"]) for c in r["checks"]}
+        logits = "logits (bf16)" if "bf16" in r["config"] else "logits"
+        expected = {logits} | ({"loss", *bench_models.GRAD_CHECKS.values()} if r["training"] else set())
+        assert quantities == {(m, q) for m in ("converted", "own") for q in expected}
+        assert all(0 <= c["error"] <= c["bound"] == bench_models.TOLERANCE[c["quantity"]] for c in r["checks"])
+    lines = section["table"].splitlines()
+    assert lines[0] == "### tiny"
+    assert _cells(lines[2]) == MODEL_COLUMNS
+    body = [_cells(line) for line in lines[4:4 + len(rows)]]
+    assert [cells[0] for cells in body] == [r["config"] for r in rows]
+    assert all(len(cells) == len(MODEL_COLUMNS) and cells[6] in ("met", "NOT met") and cells[9] == "11 of 61"
+               and cells[10].startswith("ok (") for cells in body)
+    checks = [line for line in lines if line.startswith("- check, ")]
+    assert len(checks) == 5 and all(": ok (" in line for line in checks)
+    # The model is output stride 8, and the summary says so; the converted convs' share of the work.
+    assert any("backbone output 5x5 for a 33x33 input: output stride 8" in line for line in lines)
+    assert any(line.startswith("- converted: 11 of its 61 Conv2d") for line in lines)
+    assert any(line.startswith("- own: atrous_cuda.models.DeepLabV3(21, 'resnet50', output_stride=8)")
+               for line in lines)
+    json.dumps({k: v for k, v in section.items() if k != "table"})  # the bench writes it as json
+
+
+def _flip_a_dilated_kernel(model):
+    """convert(), then layer3.1.conv2's kernel flipped (correlation vs convolution, a classic bug)."""
+    converted = bench_models.convert_model(copy.deepcopy(model))
+    with torch.no_grad():
+        conv = converted.backbone.layer3[1].conv2
+        conv.weight.copy_(conv.weight.flip(-1, -2))
+    return converted
+
+
+def test_models_check_fails_on_a_broken_conversion(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_models, "convert", _flip_a_dilated_kernel)
+    settings = bench_models.Settings(inference_size=33, train_size=33, reps=1, warmup=0, own_model=False,
+                                     configs=(bench_models.CONFIGS[0], bench_models.CONFIGS[3]))
+    section = bench_models.run_section(settings)
+    assert section["failures"] == 2
+    for r in section["rows"]:
+        assert not r["ok"]
+        failed = {c["quantity"] for c in r["checks"] if not c["ok"]}
+        assert "logits" in failed and (not r["training"] or "grad layer3.1.conv2" in failed)
+    assert section["table"].count("| FAIL (converted ") == 2
+    # bench.main counts it: exit status 1.
+    monkeypatch.setattr(bench, "cpu_suite", lambda: [bench.Layer("aspp", 1, 8, 9, 9, 8, (3, 3), (3,))])
+    report = tmp_path / "report.md"
+    assert bench.main(["--device", "cpu", "--reps", "1", "--memory-format", "nchw", "--results-dir", "",
+                       "--report", str(report)]) == 1
+    assert "| inference, fp32, NCHW | 1, 33x33 |" in report.read_text() and "| FAIL (converted logits" in \
+        report.read_text()
+
+
+def test_models_row_that_raises_is_a_failure(monkeypatch):
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("no kernel for this\nsecond line")
+    monkeypatch.setattr(bench_models, "convert", lambda model: Broken())
+    section = bench_models.run_section(TINY_MAIN_MODELS)
+    (row,) = section["rows"]
+    assert section["failures"] == 1 and not row["ok"] and row["error"] == "RuntimeError: no kernel for this"
+    assert row["verdict"] == "NOT met" and "FAIL (RuntimeError: no kernel for this)" in section["table"]
+
+
+def test_models_settings_and_targets():
+    full, quick = bench_models.default_settings(False), bench_models.default_settings(True)
+    assert (full.inference_batch, full.inference_size, full.train_batch, full.train_size) == (1, 520, 2, 321)
+    assert full.reps == 5 and full.warmup == 1 and full.own_model and full.configs == bench_models.CONFIGS
+    assert quick.reps == 3 and quick.note and (quick.inference_size, quick.train_size) == (520, 321)
+    assert [bench_models.evaluate_target(r) for r in (1.3, 1.29, 2.0, float("nan"), None)] == [
+        "met", "NOT met", "met", "NOT met", "NOT met"]
+    assert [bench_models.output_stride(520, out) for out in (65, 33, 17, 64)] == [8, 16, 32, None]
+    assert bench_models.rel_error(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])) == 1.0
