@@ -14,13 +14,31 @@ conv_forward = torch.ops.atrous.conv_forward.default
 conv_backward = torch.ops.atrous.conv_backward.default
 
 
-def _strictly_channels_last(t):
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+def strides_like_channels_last(t) -> bool:
+    """Tensor.suggest_memory_format() == channels_last, as torch's CPU
+    convolutions decide it (c10's is_channels_last_strides_2d): visiting
+    C, W, H, N, each stride must be at least the extent of the dimensions
+    visited before; size-1 dimensions make some layouts both, and those
+    resolve by stride order, NCHW when strides tie."""
+    if t.dim() != 4 or t.stride(1) == 0:
+        return False
+    smallest = 0
+    for d in [1, 3, 2, 0]:
+        if t.shape[d] == 0 or t.stride(d) < smallest:
+            return False
+        if d == 0 and smallest == t.stride(1):
+            return False
+        smallest = t.stride(d) * max(t.shape[d], 1)
+    return True
 
 
 def output_memory_format(input, weight):
-    """Same rule as atrous::output_memory_format in C++."""
-    if _strictly_channels_last(input) or _strictly_channels_last(weight):
+    """Same rule as atrous::output_memory_format in C++, and as torch's conv:
+    channels_last when the input's or the weight's strides suggest it. A 1x1
+    weight made channels_last (model.to(memory_format=torch.channels_last)
+    gives it strides (C, 1, C, C)) is contiguous in both senses, and still
+    makes torch's output channels_last."""
+    if strides_like_channels_last(input) or strides_like_channels_last(weight):
         return torch.channels_last
     return torch.contiguous_format
 

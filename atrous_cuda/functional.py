@@ -218,28 +218,10 @@ def transpose_geometry(in_size: int, kernel: int, stride: int, padding: int, out
     return [size - unreached, p, p - (op - unreached), unreached]
 
 
-def _strides_like_channels_last(t: Tensor) -> bool:
-    """Tensor.suggest_memory_format() == channels_last, as torch's CPU
-    convolutions decide it (c10's is_channels_last_strides_2d): visiting
-    C, W, H, N, each stride must be at least the extent of the dimensions
-    visited before; size-1 dimensions make some layouts both, and those
-    resolve by stride order, NCHW when strides tie."""
-    if t.dim() != 4 or t.stride(1) == 0:
-        return False
-    smallest = 0
-    for d in [1, 3, 2, 0]:
-        if t.shape[d] == 0 or t.stride(d) < smallest:
-            return False
-        if d == 0 and smallest == t.stride(1):
-            return False
-        smallest = t.stride(d) * max(t.shape[d], 1)
-    return True
-
-
 def keeps_channels_last(x: Tensor, weight: Tensor) -> bool:
     """F.conv_transpose2d on CPU returns channels_last when the (batched)
     input's or the weight's strides suggest channels_last."""
-    return _strides_like_channels_last(x) or _strides_like_channels_last(weight)
+    return _ops.strides_like_channels_last(x) or _ops.strides_like_channels_last(weight)
 
 
 def channels_last_weight(weight: Tensor) -> Tensor:

@@ -14,8 +14,12 @@ namespace atrous {
 
 namespace {
 
-bool strictly_channels_last(const at::Tensor& t) {
-  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+// torch's rule for a conv's output layout: the strides suggest channels_last
+// (c10's is_channels_last_strides_2d, which also decides the layouts that
+// size-1 dimensions make ambiguous: a 1x1 weight with strides (C, 1, C, C) is
+// channels_last, one with (C, 1, 1, 1) is not).
+bool strides_like_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
 }
 
 }  // namespace
@@ -146,7 +150,7 @@ void check_grad_output(const char* op, const ConvParams& p, const at::Tensor& gr
 }
 
 at::MemoryFormat output_memory_format(const at::Tensor& input, const at::Tensor& weight) {
-  return strictly_channels_last(input) || strictly_channels_last(weight)
+  return strides_like_channels_last(input) || strides_like_channels_last(weight)
              ? at::MemoryFormat::ChannelsLast
              : at::MemoryFormat::Contiguous;
 }

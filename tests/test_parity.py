@@ -219,6 +219,54 @@ def test_channels_last_weight_matches_torch():
     )
 
 
+def _layout(t):
+    """Where each element lies: the strides of the dimensions longer than 1
+    (a size-1 dimension's stride places nothing)."""
+    return tuple(st if n > 1 else None for n, st in zip(t.shape, t.stride()))
+
+
+def _channels_last_empty(shape, dtype):
+    # What model.to(memory_format=torch.channels_last) makes: a 1x1 weight gets strides
+    # (C, 1, C, C), contiguous in both senses, yet torch's conv then returns channels_last.
+    return torch.empty(shape, dtype=dtype, memory_format=torch.channels_last).normal_(generator=torch.Generator().manual_seed(3))
+
+
+LAYOUT_SHAPES = {  # (input, weight, padding)
+    "3x3": ((2, 4, 7, 8), (6, 4, 3, 3), 2),
+    "1x1": ((2, 8, 7, 8), (6, 8, 1, 1), 0),
+    "1x1_image": ((2, 8, 1, 1), (6, 8, 1, 1), 0),
+    "one_channel": ((2, 1, 7, 8), (3, 1, 3, 3), 2),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("input_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shapes", LAYOUT_SHAPES.values(), ids=LAYOUT_SHAPES.keys())
+def test_output_and_grad_input_layout_follow_torch(shapes, input_layout, weight_layout, dtype):
+    """The output's and grad_input's layout is torch's: channels_last when the
+    input's or the weight's strides suggest it, including a channels_last 1x1
+    weight (which is also contiguous) and (N, C, 1, 1) inputs; the fake kernel
+    gives the same strides as the real one."""
+    (x_shape, w_shape, padding) = shapes
+    make = {"contiguous": lambda shape: seeded_randn(shape, dtype), "channels_last": lambda shape: _channels_last_empty(shape, dtype)}
+    x, w = make[input_layout](x_shape), make[weight_layout](w_shape)
+    kwargs = dict(padding=padding, dilation=2)
+    ours = atrous_conv(x.requires_grad_(), w.requires_grad_(), None, **kwargs)
+    ref = reference_conv(x, w, None, **kwargs)
+    assert _layout(ours) == _layout(ref), f"output strides {ours.stride()}, torch's {ref.stride()}"
+    gy = seeded_randn(ref.shape, dtype, seed=4)
+    (ours_gx,) = torch.autograd.grad(ours, x, gy)
+    (ref_gx,) = torch.autograd.grad(ref, x, gy)
+    assert _layout(ours_gx) == _layout(ref_gx), f"grad_input strides {ours_gx.stride()}, torch's {ref_gx.stride()}"
+    assert_matches(ours, ref.detach(), dtype)
+    mode = torch._subclasses.FakeTensorMode()
+    fake_x, fake_w = mode.from_tensor(x.detach()), mode.from_tensor(w.detach())
+    with mode:
+        fake = atrous_conv(fake_x, fake_w, None, **kwargs)
+    assert fake.stride() == ours.stride()
+
+
 # --------------------------------------------------------------- dtypes --
 
 DTYPE_CASES = [c for c in CASES_2D if c.id not in ("deep_gemm", "many_channels", "many_channels_groups2")]
