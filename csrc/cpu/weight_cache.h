@@ -1,8 +1,8 @@
 // Packed weights kept between calls (issue 14 §2).
 //
-// Every CPU conv call used to repack its weight into GEMM panels: 2-6 ms per
-// call for ASPP-sized weights on the build machine, against 50 ms for the
-// conv itself, and a model calls the same weights every time. So a packing is
+// Every CPU conv call used to repack its weight into GEMM panels (1.7 ms for
+// an ASPP branch's 18.9 MB weight on session 9's build machine, 2-6 ms on
+// session 7's), and a model calls the same weights every time. So a packing is
 // kept, in a process-wide cache bounded in bytes, and served again while the
 // weight has not changed.
 //
