@@ -194,29 +194,26 @@ __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), flatten)) void 
 }
 #endif
 
-// The entry point for gather_gemm's active instruction set, which the gate
-// and the step GEMM follow so that a forward and a step in one process
-// compile their values alike (cpu::set_cpu_isa changes all of them).
+// The entry point for gather_gemm's active instruction set, which the gate,
+// the step GEMM and the sampling follow so that a forward and a step in one
+// process compile their values alike (cpu::set_cpu_isa changes all of them).
+// ATROUS_ACTIVE_ISA(Fn, name) picks among name_baseline, name_avx2 and
+// name_avx512 (only name_baseline exists off x86).
+#if defined(__x86_64__)
 template <typename Fn>
 Fn for_active_isa(Fn baseline, Fn avx2, Fn avx512) {
-#if defined(__x86_64__)
   const std::string isa = cpu::cpu_isa();
   if (isa == "avx512" || isa == "avx512_bf16") return avx512;
   if (isa == "avx2") return avx2;
-#endif
-  (void)avx2;
-  (void)avx512;
   return baseline;
 }
+#define ATROUS_ACTIVE_ISA(Fn, name) for_active_isa<Fn>(name##_baseline, name##_avx2, name##_avx512)
+#else
+#define ATROUS_ACTIVE_ISA(Fn, name) static_cast<Fn>(name##_baseline)
+#endif
 
 using GateRowFn = void (*)(const float*, const float*, float*, int64_t);
-GateRowFn active_gate_row() {
-#if defined(__x86_64__)
-  return for_active_isa<GateRowFn>(gate_row_baseline, gate_row_avx2, gate_row_avx512);
-#else
-  return gate_row_baseline;
-#endif
-}
+GateRowFn active_gate_row() { return ATROUS_ACTIVE_ISA(GateRowFn, gate_row); }
 
 inline double gate_scalar(double f, double g) {
   return std::tanh(f) * (1.0 / (1.0 + std::exp(-g)));
@@ -584,11 +581,7 @@ ATROUS_SOFTMAX_WEIGHTS(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,
 template <typename T>
 struct SoftmaxWeights {
   using Fn = void (*)(const T*, int64_t, double, double, double*);
-#if defined(__x86_64__)
-  Fn run = for_active_isa<Fn>(softmax_weights_baseline, softmax_weights_avx2, softmax_weights_avx512);
-#else
-  Fn run = softmax_weights_baseline;
-#endif
+  Fn run = ATROUS_ACTIVE_ISA(Fn, softmax_weights);
 };
 
 // The class a step emits from its logits: the first largest (NaN counts as
@@ -772,11 +765,7 @@ ATROUS_STEP_GEMM(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512
 template <typename T>
 struct StepGemm {
   using Fn = void (*)(const StepGemmArgs<T>&);
-#if defined(__x86_64__)
-  Fn run = for_active_isa<Fn>(step_gemm_baseline, step_gemm_avx2, step_gemm_avx512);
-#else
-  Fn run = step_gemm_baseline;
-#endif
+  Fn run = ATROUS_ACTIVE_ISA(Fn, step_gemm);
 };
 
 // The step's kernels for the active instruction set, chosen once per call.

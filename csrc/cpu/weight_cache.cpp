@@ -16,10 +16,7 @@ namespace atrous {
 namespace cpu {
 namespace {
 
-int64_t initial_limit() {
-  constexpr int64_t kDefaultMb = 256;
-  return limit_from_environment("ATROUS_CPU_WEIGHT_CACHE_MB", kDefaultMb);
-}
+constexpr int64_t kDefaultLimitMb = 256;
 
 // A 64-bit fingerprint of n bytes. Each chunk of kFingerprintChunk bytes is
 // hashed on its own (in parallel: reading a weight that has left the caches
@@ -93,7 +90,8 @@ struct Entry {
 struct Cache {
   std::mutex mutex;
   std::list<Entry> entries;  // most recently used first
-  int64_t held = 0, limit = initial_limit(), hits = 0, misses = 0;
+  int64_t held = 0, limit = limit_from_environment("ATROUS_CPU_WEIGHT_CACHE_MB", kDefaultLimitMb);
+  int64_t hits = 0, misses = 0;
 
   // Under the lock: drops entries whose weight died, then the least recently
   // used ones until at most `keep` bytes are held. The dropped packings are

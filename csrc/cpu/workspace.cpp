@@ -18,10 +18,7 @@ namespace atrous {
 namespace cpu {
 namespace {
 
-int64_t initial_limit() {
-  constexpr int64_t kDefaultMb = 256;
-  return limit_from_environment("ATROUS_CPU_WORKSPACE_CACHE_MB", kDefaultMb);
-}
+constexpr int64_t kDefaultLimitMb = 256;
 
 // The free buffers, in the order they were handed back (oldest first). A
 // request takes the smallest one that holds it, if that one is at most twice
@@ -36,7 +33,7 @@ struct Pool {
   std::mutex mutex;
   std::vector<Buffer> free;
   int64_t held = 0;
-  int64_t limit = initial_limit();
+  int64_t limit = limit_from_environment("ATROUS_CPU_WORKSPACE_CACHE_MB", kDefaultLimitMb);
 
   void* take(int64_t bytes, int64_t& capacity) {
     {
